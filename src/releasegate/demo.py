@@ -1,0 +1,59 @@
+"""The demo release: the bundled example plan, deployers in different tiers, keys, a first promotion."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from releasegate.plan.loader import load_plan_file
+from releasegate.services import applications, deployers, keys, plans, principals, rollouts
+from releasegate.services.context import Actor, ServiceContext
+
+RELEASE_MANAGER = Actor(name="demo:alice@acme.example", role="admin", email="alice@acme.example")
+REVIEWER = Actor(name="demo:rita@acme.example", role="reviewer", email="rita@acme.example")
+
+DEMO_DEPLOYERS = (
+    # name, e-mail, use cases, tier, waitlisted
+    ("acme-internal", "ml-platform@acme.example", ["customer-support", "code-assistant"], "internal", False),
+    ("bluebank", "ai@bluebank.example", ["customer-support"], "trusted-partner", False),
+    ("redteam-co", "lead@redteam.example", ["security-research"], "trusted-partner", False),
+    ("shopco", "dev@shopco.example", ["customer-support"], "public", True),
+)
+
+
+def example_plan_path() -> Path:
+    return Path(str(resources.files("releasegate") / "examples" / "atlas" / "plan.yaml"))
+
+
+def setup_demo(ctx: ServiceContext, *, base_url: str) -> dict[str, Any]:
+    """Populate an empty store with the demo release; returns what to show a newcomer."""
+    admin = principals.bootstrap_admin(ctx, email="alice@acme.example")
+    admin_token = admin["token"] if admin else "(exists already)"
+    path = example_plan_path()
+    loaded = load_plan_file(path)
+    applied = plans.apply(ctx, RELEASE_MANAGER, loaded)
+    model = loaded.plan.model
+    issued: list[dict[str, str]] = []
+    for name, email, use_cases, tier, waitlisted in DEMO_DEPLOYERS:
+        d = deployers.create(ctx, REVIEWER, name=name, contact_email=email)
+        a = applications.submit(ctx, Actor(name=email, role="deployer", deployer_id=d["id"]), deployer=d["id"], model=model,
+                                use_cases=use_cases, description=f"{name} demo application")
+        applications.approve(ctx, REVIEWER, a["id"], tier=tier, waitlist=waitlisted, reason="demo vetting")
+        k = keys.issue(ctx, REVIEWER, deployer=d["id"], model=model, use_case=use_cases[0], name="demo")
+        issued.append({"deployer": name, "use_case": use_cases[0], "key": k["key"], "id": k["id"]})
+    newco = deployers.create(ctx, REVIEWER, name="newco", contact_email="founder@newco.example")
+    applications.submit(ctx, Actor(name="founder@newco.example", role="deployer", deployer_id=newco["id"]), deployer=newco["id"],
+                        model=model, use_cases=["code-assistant"], description="Coding help inside our IDE plugin")
+    rollouts.transition(ctx, RELEASE_MANAGER, model, "v1", "promote", reason="start the internal stage")
+    rollouts.transition(ctx, RELEASE_MANAGER, model, "v2", "promote", reason="canary internally beside v1")
+    status = [r for r in rollouts.status(ctx, RELEASE_MANAGER, model) if "version" in r]
+    creds = {"admin_token": admin_token, "keys": issued}
+    creds_path = ctx.settings.data_dir.parent / "credentials.json"
+    creds_path.touch(mode=0o600)
+    creds_path.write_text(json.dumps(creds, indent=2))
+    return {
+        "model": model, "revision": applied.revision, "plan_path": str(path), "status": status,
+        "deployers": deployers.list_all(ctx, REVIEWER), "admin_token": admin_token, "keys": issued, "base_url": base_url,
+    }
