@@ -14,7 +14,7 @@ from releasegate.services import applications, deployers, keys, principals
 from releasegate.services.context import Actor, ServiceContext
 from releasegate.store.models import ApiKey
 
-from .helpers import MODEL, REVIEWER, admitted_deployer, apply_text
+from support import MODEL, REVIEWER, admitted_deployer, apply_text
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from releasegate.errors import Forbidden, NotFound, Refused
 from releasegate.services import audit, plans, rollouts
 from releasegate.services.context import Actor, ServiceContext
 
-from .helpers import MODEL, apply_text
+from support import MODEL, apply_text
 
 
 def test_apply_creates_revision_and_draft_rollouts(ctx: ServiceContext, admin: Actor, example_plan_text: str) -> None:

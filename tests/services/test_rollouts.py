@@ -14,7 +14,7 @@ from releasegate.policy.rollout import ACTIONS, RolloutState, next_state
 from releasegate.services import audit, rollouts
 from releasegate.services.context import Actor, ServiceContext
 
-from .helpers import MODEL, admitted_deployer, apply_text
+from support import MODEL, admitted_deployer, apply_text
 
 SIMPLE_PLAN = """
 model: acme/atlas-8b

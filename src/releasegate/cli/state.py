@@ -29,7 +29,7 @@ class CliState:
 
         settings = self.settings()
         url = settings.resolved_database_url()
-        if not create and url.startswith("sqlite") and not (settings.data_dir / "releasegate.db").exists():
+        if not create and url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
             raise InvalidInput(
                 f"no releasegate store in {settings.data_dir.resolve()}: run `releasegate init` first, "
                 "or pass --data-dir / --server",

@@ -77,14 +77,14 @@ def diff(ctx: ServiceContext, actor: Actor, loaded: LoadedPlan) -> dict[str, Any
         old = Plan.model_validate(rev.plan_json) if rev else None
         d = diff_plans(old, loaded.plan)
         impact = _impact(session, old, loaded.plan)
-    return {
-        "model": loaded.plan.model,
-        "current_revision": rev.revision if rev else 0,
-        "identical": rev is not None and rev.content_hash == loaded.content_hash,
-        "changes": d.render(),
-        "live_impact": impact,
-        "warnings": [str(w) for w in loaded.warnings],
-    }
+        return {
+            "model": loaded.plan.model,
+            "current_revision": rev.revision if rev else 0,
+            "identical": rev is not None and rev.content_hash == loaded.content_hash,
+            "changes": d.render(),
+            "live_impact": impact,
+            "warnings": [str(w) for w in loaded.warnings],
+        }
 
 
 def apply(ctx: ServiceContext, actor: Actor, loaded: LoadedPlan, *, force_reason: str | None = None) -> ApplyResult:
