@@ -1,0 +1,1 @@
+"""Helpers for running releasegate components in tests, demos and benchmarks (pytest-free)."""
