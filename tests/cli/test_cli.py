@@ -69,9 +69,10 @@ def test_walkthrough_local(cli) -> None:  # type: ignore[no-untyped-def]
     assert entries[0]["action"] == "rollout.halt" and entries[0]["actor"] == "alice@acme.example"
 
 
-def test_bad_input_exit_codes(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    _, err = cli("status", code=2)
-    assert "releasegate init" in err
+def test_bad_input_exit_codes(cli, tmp_path: Path, database_url: str) -> None:  # type: ignore[no-untyped-def]
+    if database_url.startswith("sqlite"):  # an embedded store that was never initialised
+        _, err = cli("status", code=2)
+        assert "releasegate init" in err
     cli("init")
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: acme/x\nmodel: acme/y\n")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+import io
+
+from fastapi import APIRouter, Response
 from pydantic import BaseModel
 
 from releasegate.api.deps import Ctx, CurrentActor
@@ -29,6 +31,14 @@ class CheckpointBody(BaseModel):
 @router.get("/audit")
 def list_audit(ctx: Ctx, actor: CurrentActor, target: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
     return audit.list_entries(ctx, actor, target=target, limit=min(max(limit, 1), 1000))
+
+
+@router.get("/audit/export")
+def export_audit(ctx: Ctx, actor: CurrentActor, since: int = 0) -> Response:
+    """Every entry after ``since`` as JSON lines."""
+    buf = io.BytesIO()
+    audit.export(ctx, actor, buf, since=since)
+    return Response(buf.getvalue(), media_type="application/x-ndjson")
 
 
 @router.get("/audit/verify")

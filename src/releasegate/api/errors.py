@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -10,6 +11,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from releasegate.errors import ReleasegateError
+
+log = logging.getLogger("releasegate.api")
 
 
 def error_response(status: int, code: str, message: str, details: dict[str, Any] | None = None,
@@ -31,6 +34,12 @@ def install(app: FastAPI) -> None:
         ]
         message = "; ".join(f"{p['field'] or 'body'}: {p['message']}" for p in problems[:5])
         return error_response(422, "invalid_input", f"the request is not valid: {message}", {"problems": problems})
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        # Never leak internals to the caller; the traceback goes to the (redacted) log.
+        log.exception("unhandled error: %s", type(exc).__name__)
+        return error_response(500, "internal_error", "releasegate hit an unexpected error; it has been logged")
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

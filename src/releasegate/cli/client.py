@@ -288,15 +288,14 @@ class RemoteClient:
         return self._call("GET", "/audit", params=params)  # type: ignore[no-any-return]
 
     def audit_export(self, out: IO[bytes], since: int) -> int:
-        import orjson
-
-        entries = self._call("GET", "/audit", params={"limit": 1000})
-        n = 0
-        for e in sorted(entries, key=lambda e: e["seq"]):
-            if e["seq"] > since:
-                out.write(orjson.dumps(e) + b"\n")
-                n += 1
-        return n
+        try:
+            resp = self.http.get("/audit/export", params={"since": since})
+        except httpx.HTTPError as exc:
+            raise ReleasegateError(f"cannot reach the releasegate server at {self.http.base_url}: {exc}", code="server_unreachable") from exc
+        if resp.status_code >= 400:
+            self._call("GET", "/audit/export", params={"since": since})  # raises the server's error
+        out.write(resp.content)
+        return resp.content.count(b"\n")
 
     def audit_checkpoint(self) -> dict[str, Any]:
         return self._call("POST", "/audit/checkpoint")  # type: ignore[no-any-return]

@@ -35,18 +35,21 @@ def _serve(
     ctx: typer.Context,
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
-    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+    log_level: Annotated[str, typer.Option(help="Log level.")] = "info",
+    log_json: Annotated[bool, typer.Option("--log-json", envvar="RELEASEGATE_LOG_JSON", help="Structured JSON logs.")] = False,
 ) -> None:
     """Run the control plane (API and docs) in one process on the local store."""
     import uvicorn
 
+    from releasegate.logs import configure_logging
     from releasegate.server import create_server_app
 
+    configure_logging(json=log_json, level=log_level)
     s = state(ctx)
     svc = run(lambda: s.service_context(create=True))
     app = create_server_app(svc)
     output.console().print(f"releasegate on http://{host}:{port}  ·  API docs http://{host}:{port}/docs")
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, log_config=None)
 
 
 def _demo(

@@ -67,7 +67,14 @@ def transition(
         if version not in plan.versions and action != "decommission":
             raise Refused(f"version {version!r} is no longer in the plan of {model}; only decommission is possible", code="version_not_in_plan")
         current = RolloutState(r.state, r.stage_index)  # type: ignore[arg-type]
-        target = next_state(current, action, n_stages=len(plan.stages))
+        try:
+            target = next_state(current, action, n_stages=len(plan.stages))
+        except Refused as exc:
+            if r.stage_name is not None:
+                exc.message = exc.message.replace(f"in stage {r.stage_index}", f"in stage {r.stage_name!r}")
+                exc.args = (exc.message,)
+                exc.details["stage_name"] = r.stage_name
+            raise
         verdict_dict: dict[str, Any] | None = None
         override: str | None = None
         if action == "promote":
