@@ -7,11 +7,12 @@ from typing import Any
 from fastapi import FastAPI
 
 from releasegate import __version__
-from releasegate.api import audit, deployers, errors, models
+from releasegate.api import audit, deployers, errors, models, weights
 from releasegate.clock import Clock, SystemClock
 from releasegate.services.context import ServiceContext
 from releasegate.settings import Settings
 from releasegate.store.db import Database
+from releasegate.weights.hub import create_hub_router
 
 
 def build_context(settings: Settings, *, clock: Clock | None = None, db: Database | None = None) -> ServiceContext:
@@ -30,7 +31,7 @@ def create_app(settings: Settings | None = None, *, ctx: ServiceContext | None =
     )
     app.state.ctx = ctx
     errors.install(app)
-    for router in (models.router, deployers.router, audit.router):
+    for router in (models.router, deployers.router, audit.router, weights.router):
         app.include_router(router)
 
     @app.get("/healthz", tags=["health"])
@@ -38,4 +39,6 @@ def create_app(settings: Settings | None = None, *, ctx: ServiceContext | None =
         ctx.db.ping()
         return {"ok": True, "version": __version__}
 
+    # Last: the Hugging Face-compatible weights endpoints live at the root (/{org}/{name}/resolve/...).
+    app.include_router(create_hub_router())
     return app

@@ -108,7 +108,7 @@ def _extensions() -> list[Callable[[typer.Typer], None]]:
     found: list[Callable[[typer.Typer], None]] = []
     import importlib
 
-    for module in ("releasegate.cli.cmd_gateway", "releasegate.cli.cmd_evidence", "releasegate.cli.cmd_weights"):
+    for module in ("releasegate.cli.cmd_gateway", "releasegate.cli.cmd_evidence", "releasegate.cli.cmd_weights", "releasegate.cli.cmd_report"):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:

@@ -12,14 +12,14 @@ from datetime import timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    BeforeValidator,
-    PlainSerializer,
-    WithJsonSchema,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
+    PlainSerializer,
     Tag,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -41,18 +41,27 @@ def parse_duration(value: Any) -> timedelta:
         return value
     if isinstance(value, bool):
         raise ValueError("expected a duration such as 30m, 24h or 14d")
+    seconds: float | None = None
     if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError("a duration cannot be negative")
-        return timedelta(seconds=value)
-    if isinstance(value, str):
+        seconds = value
+    elif isinstance(value, str):
         m = _DURATION_RE.match(value)
         if m:
-            return timedelta(seconds=float(m.group(1)) * _UNIT_SECONDS[m.group(2)])
-    raise ValueError(f"expected a duration such as 30m, 24h or 14d, got {value!r}")
+            seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+    if seconds is None:
+        raise ValueError(f"expected a duration such as 30m, 24h or 14d, got {value!r}")
+    if seconds != seconds or seconds < 0:  # NaN compares unequal to itself
+        raise ValueError(f"a duration cannot be negative or NaN, got {value!r}")
+    try:
+        return timedelta(seconds=seconds)
+    except OverflowError:
+        raise ValueError(f"duration {value!r} is too long") from None
 
 
 def format_duration(td: timedelta) -> str:
+    """The shortest exact spelling of ``td`` that ``parse_duration`` reads back, e.g. ``2w``."""
+    if td.microseconds:
+        return f"{td.total_seconds():g}s"
     seconds = int(td.total_seconds())
     for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
         if seconds and seconds % size == 0:
@@ -68,10 +77,23 @@ Duration = Annotated[
 ]
 
 
+def _default_endpoints() -> list[Endpoint]:
+    return ["chat.completions"]
+
+
+def _default_severities() -> list[Severity]:
+    return ["high", "critical"]
+
+
+def _default_channels() -> list[Channel]:
+    return ["api"]
+
+
 class Strict(BaseModel):
     """Base for plan parts: unknown fields are errors, instances are immutable."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN and infinity would make every comparison in a gate false: reject them.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 # ---------------------------------------------------------------------------- versions
@@ -81,10 +103,10 @@ class ApiBackend(Strict):
     """Where a version is served: an OpenAI-compatible upstream pool."""
 
     upstreams: list[str] = Field(min_length=1, description="Base URLs of OpenAI-compatible servers, e.g. http://127.0.0.1:8001/v1.")
-    upstream_model: str | None = Field(None, description="Model name the upstream expects; defaults to the version name.")
-    upstream_key_env: str | None = Field(None, description="Environment variable holding the upstream API key.")
-    upstream_key_file: str | None = Field(None, description="File holding the upstream API key (secret mounts).")
-    timeout: Duration = Field(timedelta(seconds=120), description="How long to wait for an upstream response.")
+    upstream_model: str | None = Field(default=None, description="Model name the upstream expects; defaults to the version name.")
+    upstream_key_env: str | None = Field(default=None, description="Environment variable holding the upstream API key.")
+    upstream_key_file: str | None = Field(default=None, description="File holding the upstream API key (secret mounts).")
+    timeout: Duration = Field(default=timedelta(seconds=120), description="How long to wait for an upstream response.")
 
     @field_validator("upstreams")
     @classmethod
@@ -102,8 +124,8 @@ class WeightsSource(Strict):
 
 
 class Version(Strict):
-    api: ApiBackend | None = Field(None, description="The hosted API backend of this version.")
-    weights: WeightsSource | None = Field(None, description="The weight files of this version.")
+    api: ApiBackend | None = Field(default=None, description="The hosted API backend of this version.")
+    weights: WeightsSource | None = Field(default=None, description="The weight files of this version.")
     description: str = ""
 
 
@@ -113,21 +135,21 @@ class Version(Strict):
 class Features(Strict):
     """Request features a use case may use. Anything not allowed is a scope violation."""
 
-    tools: bool = Field(False, description="Tool / function calling.")
-    images: bool = Field(False, description="Image inputs.")
-    logprobs: bool = Field(False, description="Log probabilities in the output.")
-    streaming: bool = Field(True, description="Server-sent-event streaming.")
-    response_format: bool = Field(True, description="Structured output via response_format.")
-    n_max: int = Field(1, ge=1, le=128, description="Largest number of choices (n) per request.")
+    tools: bool = Field(default=False, description="Tool / function calling.")
+    images: bool = Field(default=False, description="Image inputs.")
+    logprobs: bool = Field(default=False, description="Log probabilities in the output.")
+    streaming: bool = Field(default=True, description="Server-sent-event streaming.")
+    response_format: bool = Field(default=True, description="Structured output via response_format.")
+    n_max: int = Field(default=1, ge=1, le=128, description="Largest number of choices (n) per request.")
 
 
 class Bounds(Strict):
     """Parameter bounds a use case's requests must stay within."""
 
-    max_tokens: int | None = Field(None, ge=1, description="Largest max_tokens / max_completion_tokens allowed.")
-    temperature: tuple[float, float] | None = Field(None, description="Allowed [min, max] temperature.")
-    top_p: tuple[float, float] | None = Field(None, description="Allowed [min, max] top_p.")
-    max_input_chars: int | None = Field(None, ge=1, description="Largest total input size in characters.")
+    max_tokens: int | None = Field(default=None, ge=1, description="Largest max_tokens / max_completion_tokens allowed.")
+    temperature: tuple[float, float] | None = Field(default=None, description="Allowed [min, max] temperature.")
+    top_p: tuple[float, float] | None = Field(default=None, description="Allowed [min, max] top_p.")
+    max_input_chars: int | None = Field(default=None, ge=1, description="Largest total input size in characters.")
 
     @field_validator("temperature", "top_p")
     @classmethod
@@ -139,29 +161,29 @@ class Bounds(Strict):
 
 class UseCase(Strict):
     description: str = Field(min_length=1, description="What deployers may do under this use case; shown to applicants and used by the scope-drift detector.")
-    endpoints: list[Endpoint] = Field(default_factory=lambda: ["chat.completions"], description="API endpoints this use case may call.")
+    endpoints: list[Endpoint] = Field(default_factory=_default_endpoints, description="API endpoints this use case may call.")
     features: Features = Field(default_factory=Features)
     bounds: Bounds = Field(default_factory=Bounds)
-    requires_tier: str | None = Field(None, description="Only deployers in this tier can be approved for it.")
+    requires_tier: str | None = Field(default=None, description="Only deployers in this tier can be approved for it.")
 
 
 class Limits(Strict):
     """Per-deployer limits. Unset means unlimited at this level."""
 
-    rpm: int | None = Field(None, ge=1, description="Requests per minute.")
-    tpm: int | None = Field(None, ge=1, description="Tokens per minute.")
-    daily_tokens: int | None = Field(None, ge=1, description="Tokens per UTC day.")
-    concurrency: int | None = Field(None, ge=1, description="Requests in flight at once.")
+    rpm: int | None = Field(default=None, ge=1, description="Requests per minute.")
+    tpm: int | None = Field(default=None, ge=1, description="Tokens per minute.")
+    daily_tokens: int | None = Field(default=None, ge=1, description="Tokens per UTC day.")
+    concurrency: int | None = Field(default=None, ge=1, description="Requests in flight at once.")
 
 
 class Tier(Strict):
     description: str = ""
-    limits: Limits | None = Field(None, description="Tier limits; the stricter of tier and stage applies.")
+    limits: Limits | None = Field(default=None, description="Tier limits; the stricter of tier and stage applies.")
 
 
 class TermsDoc(Strict):
     file: str = Field(description="Markdown file with the terms, relative to the plan file.")
-    summary: str | None = Field(None, description="Plain summary of the restrictions (use, modification, redistribution).")
+    summary: str | None = Field(default=None, description="Plain summary of the restrictions (use, modification, redistribution).")
 
 
 # ---------------------------------------------------------------------------- audience
@@ -172,9 +194,9 @@ class Audience(Strict):
 
     tiers: list[str] = Field(default_factory=list, description="Tiers admitted in full.")
     deployers: list[str] = Field(default_factory=list, description="Deployers admitted by name, whatever their tier.")
-    max_deployers: int | None = Field(None, ge=0, description="Cap on admitted deployers (earliest approved first).")
-    waitlist_percent: float | None = Field(None, ge=0, le=100, description="Stable share of waitlisted deployers admitted (hash of the deployer id, so widening only adds).")
-    everyone: bool = Field(False, description="Every approved deployer.")
+    max_deployers: int | None = Field(default=None, ge=0, description="Cap on admitted deployers (earliest approved first).")
+    waitlist_percent: float | None = Field(default=None, ge=0, le=100, description="Stable share of waitlisted deployers admitted (hash of the deployer id, so widening only adds).")
+    everyone: bool = Field(default=False, description="Every approved deployer.")
 
 
 # ---------------------------------------------------------------------------- gate criteria
@@ -189,8 +211,8 @@ class EvalCriterion(Strict):
     metric: str
     min: float | None = None
     max: float | None = None
-    version: Literal["this"] | str = Field("this", description="Which version the evidence must be about; 'this' is the version being promoted.")
-    max_age: Duration | None = Field(None, description="Evidence older than this is stale.")
+    version: str = Field(default="this", description="Which version the evidence must be about; 'this' is the version being promoted.")
+    max_age: Duration | None = Field(default=None, description="Evidence older than this is stale.")
 
     @model_validator(mode="after")
     def _bound(self) -> EvalCriterion:
@@ -200,32 +222,32 @@ class EvalCriterion(Strict):
 
 
 class FindingsCriterion(Strict):
-    severity: list[Severity] = Field(default_factory=lambda: ["high", "critical"])
-    open_max: int = Field(0, ge=0, description="Most open findings of these severities.")
+    severity: list[Severity] = Field(default_factory=_default_severities)
+    open_max: int = Field(default=0, ge=0, description="Most open findings of these severities.")
 
 
 class IncidentsCriterion(Strict):
-    severity: list[Severity] = Field(default_factory=lambda: ["high", "critical"])
-    window: Duration | None = Field(None, description="Look back this far; unset means the whole stage.")
-    max: int = Field(0, ge=0)
+    severity: list[Severity] = Field(default_factory=_default_severities)
+    window: Duration | None = Field(default=None, description="Look back this far; unset means the whole stage.")
+    max: int = Field(default=0, ge=0)
 
 
 class TrafficCriterion(Strict):
-    min_requests: int = Field(0, ge=0)
-    min_deployers: int = Field(0, ge=0)
+    min_requests: int = Field(default=0, ge=0)
+    min_deployers: int = Field(default=0, ge=0)
 
 
 class FlagRateCriterion(Strict):
     detector: str
     max: float = Field(ge=0, le=1, description="Highest acceptable flag rate (upper confidence bound).")
-    confidence: float = Field(0.95, gt=0, lt=1)
-    min_requests: int = Field(100, ge=1)
+    confidence: float = Field(default=0.95, gt=0, lt=1)
+    min_requests: int = Field(default=100, ge=1)
     window: Duration | None = None
 
 
 class ApprovalsCriterion(Strict):
     roles: list[str] = Field(min_length=1)
-    min: int = Field(1, ge=1, description="Distinct approvers needed, holding any of the roles; the requester does not count.")
+    min: int = Field(default=1, ge=1, description="Distinct approvers needed, holding any of the roles; the requester does not count.")
 
 
 class PeersCriterion(Strict):
@@ -312,24 +334,24 @@ class IncidentRule(Strict):
 
 class FlagRateRule(Strict):
     detector: str
-    window: Duration = Field(timedelta(hours=1))
+    window: Duration = Field(default=timedelta(hours=1))
     max: float = Field(ge=0, le=1)
-    confidence: float = Field(0.95, gt=0, lt=1)
-    min_requests: int = Field(100, ge=1)
+    confidence: float = Field(default=0.95, gt=0, lt=1)
+    min_requests: int = Field(default=100, ge=1)
     action: HaltAction = "pause"
 
 
 class ScopeViolationsRule(Strict):
     per_deployer_rate: float = Field(ge=0, le=1)
-    window: Duration = Field(timedelta(hours=24))
-    min_requests: int = Field(20, ge=1)
+    window: Duration = Field(default=timedelta(hours=24))
+    min_requests: int = Field(default=20, ge=1)
     action: HaltAction = "suspend_deployer"
 
 
 class ErrorRateRule(Strict):
     max: float = Field(ge=0, le=1)
-    window: Duration = Field(timedelta(minutes=15))
-    min_requests: int = Field(100, ge=1)
+    window: Duration = Field(default=timedelta(minutes=15))
+    min_requests: int = Field(default=100, ge=1)
     action: HaltAction = "pause"
 
 
@@ -397,9 +419,9 @@ class WeightsPolicy(Strict):
     terms: str = Field(description="Terms document id that licensees must accept.")
     form: list[FormField] = Field(default_factory=list)
     vetting: Vetting = Field(default_factory=Vetting)
-    grant_days: int | None = Field(None, ge=1, description="Grants expire after this many days (re-vetting).")
-    fingerprint: bool = Field(True, description="Give each licensee a fingerprinted copy.")
-    tiers: list[str] | None = Field(None, description="Tiers the weights channel opens to; unset means everyone vetted.")
+    grant_days: int | None = Field(default=None, ge=1, description="Grants expire after this many days (re-vetting).")
+    fingerprint: bool = Field(default=True, description="Give each licensee a fingerprinted copy.")
+    tiers: list[str] | None = Field(default=None, description="Tiers the weights channel opens to; unset means everyone vetted.")
 
 
 # ---------------------------------------------------------------------------- stages
@@ -408,14 +430,14 @@ class WeightsPolicy(Strict):
 class Stage(Strict):
     name: str = Field(pattern=NAME_RE)
     description: str = ""
-    channels: list[Channel] = Field(default_factory=lambda: ["api"], min_length=1)
+    channels: list[Channel] = Field(default_factory=_default_channels, min_length=1)
     audience: Audience = Field(default_factory=Audience)
     limits: Limits = Field(default_factory=Limits)
     gate: list[Criterion] = Field(default_factory=list, description="Criteria that must pass to enter this stage.")
     halt_on: list[HaltRule] = Field(default_factory=list, description="Rules that act automatically while in this stage.")
     weights: WeightsPolicy | None = None
-    auto_promote: bool = Field(False, description="The controller promotes into this stage by itself once every criterion passes.")
-    narrows_audience: bool = Field(False, description="Acknowledge that this stage admits less than the previous one.")
+    auto_promote: bool = Field(default=False, description="The controller promotes into this stage by itself once every criterion passes.")
+    narrows_audience: bool = Field(default=False, description="Acknowledge that this stage admits less than the previous one.")
 
 
 class Plan(Strict):
