@@ -43,8 +43,9 @@ def parse_duration(value: Any) -> timedelta:
         raise ValueError("expected a duration such as 30m, 24h or 14d")
     seconds: float | None = None
     if isinstance(value, int | float):
-        seconds = value
-    elif isinstance(value, str):
+        # A bare number is ambiguous (is `min: 14` fourteen days or seconds?): make the unit explicit.
+        raise ValueError(f"a duration needs a unit: write {value}s, {value}m, {value}h or {value}d")
+    if isinstance(value, str):
         m = _DURATION_RE.match(value)
         if m:
             seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
