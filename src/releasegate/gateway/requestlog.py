@@ -1,0 +1,269 @@
+"""The durable request log of one gateway replica, and the shipper that loads it into the store.
+
+``FileRequestLog`` appends JSON lines (orjson) to segment files
+``<directory>/<replica>.<index:09d>.jsonl``. **Group commit**: callers enqueue records; one
+writer task takes everything queued (up to ``max_batch``), writes it with one ``write`` and
+one ``fdatasync`` in a dedicated thread, and only then releases the ``record_start`` callers
+of that batch. While a batch is being synced the next one accumulates, so fsyncs per record
+fall as load rises; when the previous batch held several records (concurrent traffic) the
+writer also waits ``max_delay`` for more before syncing. A replica never appends to a
+segment it did not create in this run (a crash may leave a torn last line), and it rotates
+after ``segment_bytes``.
+
+How it denies: if a write or sync fails, every ``record_start`` of that batch raises
+``RequestLogError`` (the gateway then refuses the request: no request reaches a model
+without a durable record); the segment is truncated back to its last durable byte and
+abandoned, and the next batch opens a new one, so the log recovers as soon as the disk does.
+``record_end`` never blocks nor raises for I/O: end records are durable with the next
+successful batch (re-queued after a failure, at most ``max_batch * 64`` of them).
+
+Record schema (one JSON object per line; the log adds ``kind``, ``replica``, ``seq`` — a
+per-replica counter that only increases within a run — and ``at`` if absent; a caller's own
+``kind`` such as ``"v1"`` is kept as ``channel``):
+
+* start: ``{id, kind: "start", at, replica, seq, deployer_id, key_id, model, version, stage,
+  use_case, endpoint, stream, decision: "allow"|"deny", reason_code?, scope_violation?}``
+  (``decision`` defaults to ``"allow"``: a request is recorded at start when it is forwarded)
+* end: ``{id, kind: "end", at, replica, seq, status, latency_ms, prompt_tokens,
+  completion_tokens, outcome, reason_code?, flags?}`` with ``outcome`` one of
+  ``"allowed"``/``"served"``, ``"denied"``, ``"error"``/``"upstream_failed"`` (a status >= 500
+  is an error too). A request refused before forwarding may have an end record only; it
+  then also carries the start fields, and it counts as started ``latency_ms`` before ``at``.
+
+``id`` is the request id (the ``x-request-id`` sent upstream); ``at`` is epoch seconds (for
+an end record: when it ended); ``flags`` lists the detectors that flagged the request (a list
+of names, or a dict keyed by name). ``reason`` is accepted for ``reason_code`` and
+``model_name`` (preferred) for ``model``. A denied request is a scope violation when
+``scope_violation`` is true or its reason code starts with ``scope_``.
+
+``RequestLogShipper`` reads the segments of a directory from persisted offsets and merges
+them into ``request_events`` and ``request_buckets`` (see ``releasegate.store.requests``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import re
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from releasegate.gateway.shipper import RequestLogShipper, fsync_directory, list_segments
+
+__all__ = ["FileRequestLog", "RequestLogError", "RequestLogShipper", "open_segment"]
+
+log = logging.getLogger(__name__)
+
+REPLICA_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+Opener = Callable[[Path], int]
+
+
+class RequestLogError(RuntimeError):
+    """The record could not be made durable: the request must not be forwarded."""
+
+
+def open_segment(path: Path) -> int:
+    """Create a new segment for appending (never reuse one) and make its name durable."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o640)
+    try:
+        fsync_directory(path.parent)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+class FileRequestLog:
+    """``RequestLog`` on local disk with group commit (see the module docstring).
+
+    Counters for tests and metrics: ``fsyncs``, ``batches``, ``records_written``,
+    ``write_failures``, ``dropped_ends``.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        replica: str,
+        max_batch: int = 1024,
+        max_delay: float = 0.001,
+        segment_bytes: int = 64 * 1024 * 1024,
+        opener: Opener = open_segment,
+    ) -> None:
+        if not REPLICA_RE.match(replica):
+            raise ValueError(f"replica name {replica!r} must be 1-64 letters, digits, '-' or '_'")
+        self.directory = Path(directory)
+        self.replica = replica
+        self.max_batch = max_batch
+        self.max_delay = max_delay
+        self.segment_bytes = segment_bytes
+        self._opener = opener
+        self._seq = itertools.count(1)
+        self._pending: list[tuple[bytes, asyncio.Future[None] | None]] = []
+        self._wake: asyncio.Event | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"requestlog-{replica}")
+        self._closing = False
+        self._fd: int | None = None
+        self._segment: Path | None = None
+        self._segment_size = 0
+        self._next_index: int | None = None
+        self.fsyncs = 0
+        self.batches = 0
+        self.records_written = 0
+        self.write_failures = 0
+        self.dropped_ends = 0
+
+    # ------------------------------------------------------------------ callers
+
+    def _encode(self, record: dict[str, Any], kind: str) -> bytes:
+        rec = dict(record)
+        if "kind" in rec and rec["kind"] not in ("start", "end"):
+            rec["channel"] = rec["kind"]  # "kind" is the log's; keep the caller's word for it
+        rec["kind"] = kind
+        rec["replica"] = self.replica
+        rec["seq"] = next(self._seq)
+        rec.setdefault("at", time.time())
+        return orjson.dumps(rec, default=str) + b"\n"
+
+    async def record_start(self, record: dict[str, Any]) -> None:
+        """Return once ``record`` is on disk; raise ``RequestLogError`` if it cannot be."""
+        if self._closing:
+            raise RequestLogError("the request log is closed; the request cannot be recorded")
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((self._encode(record, "start"), fut))
+        self._kick()
+        await fut
+
+    def record_end(self, record: dict[str, Any]) -> None:
+        """Queue ``record`` for the next batch; never blocks (call from the event loop)."""
+        if self._closing:
+            self.dropped_ends += 1
+            log.warning("request log closed: end record of %s dropped", record.get("id"))
+            return
+        self._pending.append((self._encode(record, "end"), None))
+        self._kick()
+
+    async def close(self) -> None:
+        """Flush everything queued, then stop the writer and close the segment."""
+        self._closing = True
+        if self._writer is not None:
+            self._kick()
+            await self._writer
+            self._writer = None
+        for _, fut in self._pending:  # only left if the writer died: tell the callers
+            if fut is not None and not fut.done():
+                fut.set_exception(RequestLogError("the request log closed before the record was written"))
+        self._pending.clear()
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._close_segment)
+        self._executor.shutdown(wait=True)
+
+    # ------------------------------------------------------------------ writer
+
+    def _kick(self) -> None:
+        if self._wake is None:
+            self._wake = asyncio.Event()
+        if self._writer is None:
+            self._writer = asyncio.get_running_loop().create_task(self._run(), name=f"requestlog-{self.replica}")
+        self._wake.set()
+
+    async def _run(self) -> None:
+        assert self._wake is not None
+        loop = asyncio.get_running_loop()
+        last_batch = 0
+        while True:
+            if not self._pending:
+                if self._closing:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            if last_batch > 1 and self.max_delay > 0 and len(self._pending) < self.max_batch:
+                await asyncio.sleep(self.max_delay)  # concurrent traffic: let the batch fill
+            batch = self._pending[: self.max_batch]
+            del self._pending[: self.max_batch]
+            last_batch = len(batch)
+            try:
+                await loop.run_in_executor(self._executor, self._write, b"".join(line for line, _ in batch))
+            except Exception as exc:  # any failure: nobody of this batch may proceed
+                self.write_failures += 1
+                log.error("request log: could not write %d records to %s: %s", len(batch), self.directory, exc)
+                error = RequestLogError(f"the request could not be recorded durably ({exc})")
+                for _, fut in batch:
+                    if fut is not None and not fut.done():
+                        fut.set_exception(error)
+                self._requeue_ends([item for item in batch if item[1] is None])
+                if self._closing:
+                    self._drop_remaining()
+                    return
+                continue
+            self.batches += 1
+            self.records_written += len(batch)
+            for _, fut in batch:
+                if fut is not None and not fut.done():
+                    fut.set_result(None)
+
+    def _requeue_ends(self, ends: list[tuple[bytes, asyncio.Future[None] | None]]) -> None:
+        room = self.max_batch * 64 - len(self._pending)
+        if len(ends) > room:
+            self.dropped_ends += len(ends) - max(room, 0)
+            ends = ends[: max(room, 0)]
+        self._pending[0:0] = ends
+
+    def _drop_remaining(self) -> None:
+        for _, fut in self._pending:
+            if fut is None:
+                self.dropped_ends += 1
+            elif not fut.done():
+                fut.set_exception(RequestLogError("the request log is closing and its disk is failing"))
+        self._pending.clear()
+
+    # ------------------------------------------------------------------ disk (writer thread)
+
+    def _open_next(self) -> None:
+        if self._next_index is None:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            mine = [index for replica, index, _ in list_segments(self.directory) if replica == self.replica]
+            self._next_index = max(mine, default=-1) + 1
+        path = self.directory / f"{self.replica}.{self._next_index:09d}.jsonl"
+        self._next_index += 1
+        self._fd = self._opener(path)
+        self._segment = path
+        self._segment_size = 0
+
+    def _write(self, data: bytes) -> None:
+        if self._fd is None:
+            self._open_next()
+        fd = self._fd
+        assert fd is not None
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fdatasync(fd)
+            self.fsyncs += 1
+        except OSError:
+            # Cut the segment back to its last durable byte and abandon it: a torn line must
+            # never glue itself to the next record.
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, self._segment_size)
+            self._close_segment()
+            raise
+        self._segment_size += len(data)
+        if self._segment_size >= self.segment_bytes:
+            self._close_segment()
+
+    def _close_segment(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
