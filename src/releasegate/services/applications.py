@@ -8,7 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from releasegate.errors import InvalidInput, NotFound, Refused
-from releasegate.services import audit
+from releasegate.services import audit, webhooks
 from releasegate.services.context import Actor, ServiceContext
 from releasegate.services.deployers import get_deployer
 from releasegate.services.ids import new_id
@@ -58,6 +58,7 @@ def submit(ctx: ServiceContext, actor: Actor, *, deployer: str, model: str, use_
         session.flush()
         audit.record(session, at=now, actor=actor, action="application.submit", target=f"application:{a.id}",
                      changes={"deployer": d.id, "model": model, "use_cases": a.use_cases})
+        webhooks.enqueue(session, "application.submitted", {"application": _dict(a), "deployer_name": d.name}, now)
         return _dict(a)
 
 

@@ -12,7 +12,7 @@ from releasegate.errors import InvalidInput, NotFound, Refused
 from releasegate.plan.schema import Plan
 from releasegate.policy.audience import DeployerView, admitted
 from releasegate.policy.rollout import RolloutState, next_state
-from releasegate.services import audit
+from releasegate.services import audit, webhooks
 from releasegate.services.context import Actor, ServiceContext
 from releasegate.services.gates import evaluate_gate
 from releasegate.services.plans import current_plan
@@ -111,6 +111,7 @@ def transition(
             changes={"from": before, "to": {"state": r.state, "stage": r.stage_name},
                      "verdict": verdict_dict["outcome"] if verdict_dict else None, "override_reason": override},
         )
+        webhooks.enqueue(session, f"rollout.{action}", {"model": model, "version": version, "action": action, "from": before, "to": {"state": r.state, "stage": r.stage_name}, "actor": actor.name, "reason": why, "override_reason": override, "verdict": verdict_dict["outcome"] if verdict_dict else None}, now)
         return _rollout_dict(session, plan, r, now)
 
 
