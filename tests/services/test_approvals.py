@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from releasegate.clock import FrozenClock
 from releasegate.errors import Forbidden, InvalidInput, Refused
 from releasegate.services import approvals, audit, rollouts
 from releasegate.services.context import Actor, ServiceContext
@@ -54,3 +55,19 @@ def test_only_stages_ahead(ctx: ServiceContext, admin: Actor, atlas: str) -> Non
     with pytest.raises(Exception, match="no stage"):
         approvals.approve(ctx, ALICE, atlas, "v1", "moon")
     assert approvals.approve(ctx, ALICE, atlas, "v1", "open-weights")["stage"] == "open-weights"
+
+
+def test_an_approval_given_before_a_halt_is_renewed_not_duplicated(ctx: ServiceContext, clock: FrozenClock, admin: Actor,
+                                                                   atlas: str) -> None:
+    rollouts.transition(ctx, admin, atlas, "v1", "promote", reason="internal")
+    approvals.approve(ctx, ALICE, atlas, "v1", "trusted-partners", comment="before")
+    clock.advance(hours=1)
+    rollouts.transition(ctx, admin, atlas, "v1", "halt", reason="incident")
+    rollouts.transition(ctx, admin, atlas, "v1", "resume", reason="fixed")
+    clock.advance(hours=1)
+    renewed = approvals.approve(ctx, ALICE, atlas, "v1", "trusted-partners", comment="after the fix")
+    assert renewed["comment"] == "after the fix"
+    assert len(approvals.list_approvals(ctx, admin, atlas, "v1")) == 1
+    assert audit.list_entries(ctx, admin, target=f"version:{atlas}:v1")[0]["action"] == "approval.renew"
+    with pytest.raises(Refused):
+        approvals.approve(ctx, ALICE, atlas, "v1", "trusted-partners")

@@ -13,7 +13,6 @@ from releasegate.errors import Forbidden, InvalidInput, NotFound, Refused, Unaut
 from releasegate.services import applications, deployers, keys, principals
 from releasegate.services.context import Actor, ServiceContext
 from releasegate.store.models import ApiKey
-
 from support import MODEL, REVIEWER, admitted_deployer, apply_text
 
 

@@ -7,7 +7,6 @@ import pytest
 from releasegate.errors import Forbidden, NotFound, Refused
 from releasegate.services import audit, plans, rollouts
 from releasegate.services.context import Actor, ServiceContext
-
 from support import MODEL, apply_text
 
 

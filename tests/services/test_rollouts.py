@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from datetime import timedelta
 
 import pytest
@@ -13,7 +14,6 @@ from releasegate.errors import InvalidInput, NotFound, Refused
 from releasegate.policy.rollout import ACTIONS, RolloutState, next_state
 from releasegate.services import audit, rollouts
 from releasegate.services.context import Actor, ServiceContext
-
 from support import MODEL, admitted_deployer, apply_text
 
 SIMPLE_PLAN = """
@@ -102,7 +102,7 @@ def test_retarget_switches_alias_and_is_audited(ctx: ServiceContext, admin: Acto
     assert audit.list_entries(ctx, admin, limit=1)[0]["action"] == "alias.retarget"
     # Re-applying the same plan does not undo a runtime retarget.
     apply_text(ctx, admin, SIMPLE_PLAN + "\n# comment\n")
-    assert [r for r in rollouts.status(ctx, admin, MODEL) if "alias" in r][0]["targets"] == {"v2": 100}
+    assert next(r for r in rollouts.status(ctx, admin, MODEL) if "alias" in r)["targets"] == {"v2": 100}
     with pytest.raises(NotFound):
         rollouts.retarget(ctx, admin, MODEL, "atlas", {"v7": 1}, reason="x")
 
@@ -116,10 +116,8 @@ def test_random_transition_sequences(ctx: ServiceContext, admin: Actor, clock: F
         apply_text(ctx, admin, SIMPLE_PLAN)
     for action in actions:
         clock.advance(timedelta(days=8))
-        try:
+        with contextlib.suppress(Refused):
             rollouts.transition(ctx, admin, MODEL, version, action, reason=f"random {action}", override_reason="property test")
-        except Refused:
-            pass
         now = next(r for r in rollouts.status(ctx, admin, MODEL) if r.get("version") == version)
         if now["state"] in ("halted", "decommissioned", "draft"):
             assert now["audience_size"] == 0

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from releasegate import __version__
-from releasegate.api import audit, deployers, errors, models, weights
+from releasegate.api import audit, deployers, errors, evidence, models, report, weights
 from releasegate.clock import Clock, SystemClock
 from releasegate.services.context import ServiceContext
 from releasegate.settings import Settings
@@ -31,7 +31,7 @@ def create_app(settings: Settings | None = None, *, ctx: ServiceContext | None =
     )
     app.state.ctx = ctx
     errors.install(app)
-    for router in (models.router, deployers.router, audit.router, weights.router):
+    for router in (models.router, deployers.router, audit.router, weights.router, report.router, evidence.router):
         app.include_router(router)
 
     @app.get("/healthz", tags=["health"])

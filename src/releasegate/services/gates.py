@@ -37,6 +37,7 @@ from releasegate.store.evidence import (
     PromotionRequest,
 )
 from releasegate.store.models import Rollout, Transition
+from releasegate.store.requests import RequestBucket
 
 
 def floor_hour(t: datetime) -> datetime:
@@ -44,20 +45,12 @@ def floor_hour(t: datetime) -> datetime:
     return t.replace(minute=0, second=0, microsecond=0)
 
 
-def bucket_table() -> Any:
-    # Imported late: the request log tables belong to the gateway and may be absent in a
-    # control-plane-only build; a gate that needs them then fails loudly, not silently.
-    from releasegate.store.requests import RequestBucket
-
-    return RequestBucket
-
-
 def traffic_fact(session: Session, model: str, version: str, stage: str | None, since: datetime, *,
                  deployer_id: str | None = None) -> TrafficFact:
     """Request aggregates of ``version`` in ``stage`` over whole hourly buckets from ``since`` (rounded down)."""
-    b = bucket_table()
+    b = RequestBucket
     start = floor_hour(since)
-    where = [b.model == model, b.version == version, b.bucket_start >= start]
+    where = [b.model == model, b.version == version, b.bucket_start >= start, b.deployer_id != ""]
     if stage is not None:
         where.append(b.stage == stage)
     if deployer_id is not None:

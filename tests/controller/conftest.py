@@ -1,0 +1,1 @@
+from evidence_support import admit, atlas  # noqa: F401  (fixtures)
