@@ -10,7 +10,6 @@ from fastapi.testclient import TestClient
 from releasegate.api.app import create_app
 from releasegate.services import applications, deployers, keys, principals
 from releasegate.services.context import Actor, ServiceContext
-
 from support import MODEL, REVIEWER, admitted_deployer, apply_text
 
 ROLES = ["admin", "release_manager", "reviewer", "auditor", "deployer"]

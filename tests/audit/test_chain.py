@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from releasegate.audit.chain import GENESIS, entry_hash, format_time, verify_chain
 from releasegate.audit.checkpoint import Checkpoint, sign_checkpoint, signature_valid
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 
 def make_chain(n: int) -> list[dict[str, Any]]:

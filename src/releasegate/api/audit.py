@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import io
+from typing import Any
 
 from fastapi import APIRouter, Response
 from pydantic import BaseModel

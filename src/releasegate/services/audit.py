@@ -11,7 +11,12 @@ from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from releasegate.audit.chain import GENESIS, ChainProblem, entry_hash, format_time, verify_chain
-from releasegate.audit.checkpoint import Checkpoint, load_or_create_key, sign_checkpoint, signature_valid
+from releasegate.audit.checkpoint import (
+    Checkpoint,
+    load_or_create_key,
+    sign_checkpoint,
+    signature_valid,
+)
 from releasegate.services.context import Actor, ServiceContext
 from releasegate.store.models import AuditEntry
 
