@@ -56,4 +56,43 @@ def setup_demo(ctx: ServiceContext, *, base_url: str) -> dict[str, Any]:
     return {
         "model": model, "revision": applied.revision, "plan_path": str(path), "status": status,
         "deployers": deployers.list_all(ctx, REVIEWER), "admin_token": admin_token, "keys": issued, "base_url": base_url,
+        "extra_lines": gateway_lines(base_url, model, issued),
     }
+
+
+MOCK_UPSTREAM_PORT = 8001  # where the example plan's versions are served
+
+
+def gateway_lines(base_url: str, model: str, issued: list[dict[str, str]]) -> list[str]:
+    """How to call the gateway with a demo key: an ``openai`` snippet and a curl line."""
+    key = next((k["key"] for k in issued if k["deployer"] == "acme-internal"), issued[0]["key"] if issued else "rgk_…")
+    refused = next((k for k in issued if k["deployer"] == "bluebank"), None)
+    lines = [
+        "",
+        f"Gateway (OpenAI-compatible): {base_url}/v1   (answers come from the MOCK model server on "
+        f"127.0.0.1:{MOCK_UPSTREAM_PORT}: an echo, not a model)",
+        "  python - <<'EOF'",
+        "  from openai import OpenAI",
+        f"  client = OpenAI(base_url='{base_url}/v1', api_key='{key}')",
+        f"  r = client.chat.completions.create(model='{model}', messages=[{{'role': 'user', 'content': 'hello'}}])",
+        "  print(r.choices[0].message.content)",
+        "  EOF",
+        f"  curl -s {base_url}/v1/chat/completions -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' "
+        f"-d '{{\"model\": \"{model}\", \"messages\": [{{\"role\": \"user\", \"content\": \"hello\"}}]}}'",
+    ]
+    if refused is not None:
+        lines.append("  # bluebank is not in the 'internal' stage yet: the same call with its key is refused (403 not_in_audience)")
+    return lines
+
+
+def start_mock_upstream(port: int = MOCK_UPSTREAM_PORT) -> Any:
+    """Run the MOCK model server in a background thread (a ServerThread; ``.stop()`` it), or None if the port is taken."""
+    from releasegate.mockupstream import create_mock_upstream
+    from releasegate.testing.server import ServerThread
+
+    server = ServerThread(create_mock_upstream(name="releasegate-demo-MOCK"), "127.0.0.1", port)
+    try:
+        server.start()
+    except OSError:
+        return None
+    return server

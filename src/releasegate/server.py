@@ -1,13 +1,38 @@
-"""The one-process server of ``releasegate serve``: control plane, and the data planes mounted beside it."""
+"""The one-process server of ``releasegate serve``: control plane, and the data planes mounted beside it.
+
+The gateway app answers ``/v1/*``, ``/authz/*`` and ``/gateway/healthz`` and hands every other path to
+the admin API (FastAPI), so the gateway's hot path carries no framework. Every committed write of the
+control plane refreshes this process's snapshot at once and is published to other replicas
+(PostgreSQL LISTEN/NOTIFY or Redis pub/sub) when the store is shared.
+"""
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from pathlib import Path
+from typing import Any
 
 from releasegate.api.app import create_app
+from releasegate.gateway.app import GatewayApp
+from releasegate.gateway.service import GatewayConfig, GatewayService, create_gateway_service
 from releasegate.services.context import ServiceContext
 
 
-def create_server_app(ctx: ServiceContext) -> FastAPI:
-    """Everything ``serve`` runs, over one service context."""
-    return create_app(ctx=ctx)
+def wire_changes(ctx: ServiceContext, service: GatewayService) -> None:
+    """After each committed write: refresh the local snapshot now and tell the other replicas."""
+    ctx.on_change.append(service.poke)
+    notifier: Any = service.notifier
+    if notifier is not None and hasattr(notifier, "publish_sync"):
+        from releasegate.gateway.notify import change_listener
+
+        ctx.on_change.append(change_listener(notifier, ctx.db))
+
+
+def create_server_app(ctx: ServiceContext, *, request_log_dir: Path | None = None,
+                      config: GatewayConfig | None = None) -> GatewayApp:
+    """Everything ``serve`` runs, over one service context: the gateway in front, the admin API behind it."""
+    admin = create_app(ctx=ctx)
+    service = create_gateway_service(ctx.settings, db=ctx.db, request_log_dir=request_log_dir, config=config)
+    wire_changes(ctx, service)
+    app = GatewayApp(service, fallback=admin)
+    admin.state.gateway = service
+    return app

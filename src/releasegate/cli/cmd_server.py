@@ -75,9 +75,21 @@ def _demo(
     if serve:
         import uvicorn
 
+        from releasegate.demo import MOCK_UPSTREAM_PORT, start_mock_upstream
         from releasegate.server import create_server_app
 
-        uvicorn.run(create_server_app(svc), host="127.0.0.1", port=port, log_level="warning", access_log=False)
+        mock = start_mock_upstream()
+        out = output.console()
+        if mock is None:
+            out.print(f"[yellow]port {MOCK_UPSTREAM_PORT} is taken: the MOCK model server did not start; "
+                      "gateway calls will fail with upstream_unavailable unless something serves it[/yellow]")
+        else:
+            out.print(f"[bold yellow]MOCK model server[/bold yellow] (echo, not a model) on http://127.0.0.1:{MOCK_UPSTREAM_PORT}/v1")
+        try:
+            uvicorn.run(create_server_app(svc), host="127.0.0.1", port=port, log_level="warning", access_log=False)
+        finally:
+            if mock is not None:
+                mock.stop()
 
 
 def _refuse(message: str) -> Any:

@@ -1,0 +1,45 @@
+"""``releasegate gateway``: a gateway-only replica against a shared store (run several at once)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from releasegate.cli import output
+from releasegate.cli.main import run, state
+
+
+def _gateway(
+    ctx: typer.Context,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8090,
+    request_log_dir: Annotated[Path | None, typer.Option(
+        "--request-log-dir", help="Directory of this replica's durable request log (default: <data-dir>/requestlog).")] = None,
+    replica: Annotated[str | None, typer.Option(help="Replica name in request-log segment names (default: <host>-<pid>).")] = None,
+    max_body_bytes: Annotated[int, typer.Option(help="Largest request body accepted (413 above).")] = 4 * 1024 * 1024,
+    ship: Annotated[bool, typer.Option("--ship/--no-ship", help="Ship the request log into the store from this replica.")] = True,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
+) -> None:
+    """Run the OpenAI-compatible gateway (/v1, /authz/v1/check) without the admin API.
+
+    The store comes from --data-dir or RELEASEGATE_DATABASE_URL (PostgreSQL for several replicas);
+    with RELEASEGATE_REDIS_URL, rate-limit counters and change notifications are shared.
+    """
+    import uvicorn
+
+    from releasegate.gateway.app import GatewayApp
+    from releasegate.gateway.service import GatewayConfig, create_gateway_service
+
+    s = state(ctx)
+    svc = run(lambda: s.service_context())
+    config = GatewayConfig(max_body_bytes=max_body_bytes, request_log_dir=request_log_dir)
+    service = create_gateway_service(svc.settings, db=svc.db, request_log_dir=request_log_dir, replica=replica,
+                                     config=config, ship=ship)
+    output.console().print(f"releasegate gateway on http://{host}:{port}/v1  ·  decision endpoint /authz/v1/check")
+    uvicorn.run(GatewayApp(service), host=host, port=port, log_level=log_level, access_log=False, lifespan="on")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("gateway")(_gateway)

@@ -1,0 +1,353 @@
+"""The long-running gateway replica: snapshot refresher, limiter, request log, notifier and upstream client.
+
+Freshness and fail-closed: the snapshot is re-validated on every change notification and every
+``snapshot_poll_interval`` (one ``max(audit.seq)`` query; a full recompile only when the revision
+moved). A replica that could not confirm its snapshot for ``snapshot_max_age`` seconds refuses every
+request with ``policy_stale`` (503) until it can again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from releasegate.gateway.routing import UpstreamHealth
+from releasegate.gateway.snapshot import Snapshot, compile_snapshot, read_revision
+from releasegate.gateway.types import ChangeNotifier, LimitDecision, RateLimiter, RequestLog
+from releasegate.gateway.upstream import UpstreamClient
+from releasegate.plan.schema import Limits
+from releasegate.policy.access import Caller, Decision, is_unlimited
+from releasegate.settings import Settings
+from releasegate.store.db import Database
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """Knobs of the data plane that are not policy."""
+
+    max_body_bytes: int = 4 * 1024 * 1024
+    body_timeout: float = 30.0  # seconds to receive a whole request body (slow clients)
+    upstream_cooldown: float = 5.0  # seconds a failed upstream is skipped
+    max_connections: int = 1024  # pooled upstream connections per process
+    request_log_dir: Path | None = None
+
+
+class GatewayService:
+    """One replica's moving parts. ``start``/``stop`` run inside the ASGI lifespan."""
+
+    def __init__(
+        self,
+        *,
+        db: Database,
+        settings: Settings,
+        limiter: RateLimiter,
+        request_log: RequestLog,
+        notifier: ChangeNotifier | None = None,
+        config: GatewayConfig | None = None,
+        wall_clock: Callable[[], float] = time.time,
+        shipper: Any = None,
+        snapshot_source: Callable[[], Snapshot] | None = None,
+        revision_source: Callable[[], int] | None = None,
+        closers: tuple[Callable[[], Any], ...] = (),
+    ) -> None:
+        self.db = db
+        self.settings = settings
+        self.limiter = limiter
+        self.request_log = request_log
+        self.notifier = notifier
+        self.config = config or GatewayConfig()
+        self.now = wall_clock
+        self.health = UpstreamHealth(cooldown=self.config.upstream_cooldown)
+        self.upstream: UpstreamClient | None = None
+        self.snapshot: Snapshot | None = None
+        self._verified_at = float("-inf")  # monotonic time the snapshot was last confirmed current
+        self._wake: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock: asyncio.Lock | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closers = closers
+        self.shipper = shipper  # RequestLogShipper for this replica's log directory, or None
+        # Where snapshots come from: the store by default; tests may compile one from fixtures.
+        self._compile: Callable[[], Snapshot] = snapshot_source or (lambda: compile_snapshot(self.db))
+        self._revision: Callable[[], int] = revision_source or (lambda: read_revision(self.db))
+        self.refreshes = 0
+        # Prometheus-style counters (plain dicts: one increment per request, no registry globals).
+        self.outcomes: dict[tuple[str, str, str], int] = {}  # (channel, outcome, reason) -> requests
+        self.scope_violations: dict[tuple[str, str, str], int] = {}  # (deployer, use case, rule) -> requests
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self.upstream = UpstreamClient(self.health, max_connections=self.config.max_connections)
+        try:
+            await self.refresh(force=True)
+        except Exception as exc:  # the store may come back; until then every request is policy_stale
+            log.error("gateway started without a policy snapshot (%s); refusing requests until the store answers", exc)
+        self._tasks.append(asyncio.create_task(self._refresh_loop(), name="releasegate-snapshot-refresh"))
+        if self.notifier is not None:
+            self._tasks.append(asyncio.create_task(self._listen(), name="releasegate-change-listener"))
+        if self.shipper is not None:
+            self._tasks.append(asyncio.create_task(self.shipper.run(), name="releasegate-request-shipper"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        if self.upstream is not None:
+            await self.upstream.aclose()
+        for closer in (self.notifier.close if self.notifier else None, self.limiter.close, self.request_log.close):
+            if closer is not None:
+                with contextlib.suppress(Exception):
+                    await closer()
+        if self.shipper is not None:  # ship what the log flushed on close, then let go of the directory
+            with contextlib.suppress(Exception):
+                await self.shipper.ship_once()
+            with contextlib.suppress(Exception):
+                self.shipper.close()
+        for extra in self._closers:
+            with contextlib.suppress(Exception):
+                result = extra()
+                if asyncio.iscoroutine(result):
+                    await result
+
+    # -- the snapshot --------------------------------------------------------------------------
+
+    def fresh_snapshot(self) -> Snapshot | None:
+        """The snapshot, or None when it could not be confirmed within ``snapshot_max_age`` (fail closed)."""
+        if time.monotonic() - self._verified_at > self.settings.snapshot_max_age:
+            return None
+        return self.snapshot
+
+    def staleness(self) -> float:
+        return time.monotonic() - self._verified_at
+
+    async def refresh(self, *, force: bool = False) -> bool:
+        """Confirm or rebuild the snapshot; True if it was swapped. Raises if the store cannot be read."""
+        assert self._lock is not None
+        async with self._lock:
+            started = time.monotonic()
+            current = self.snapshot
+            if current is not None and not force:
+                revision = await asyncio.to_thread(self._revision)
+                if revision == current.revision:
+                    self._verified_at = started
+                    return False
+            snapshot = await asyncio.to_thread(self._compile)
+            self.snapshot = snapshot  # one reference swap: requests see the old policy or the new one
+            self._verified_at = started
+            self.refreshes += 1
+            log.info("policy snapshot at revision %d", snapshot.revision)
+            return True
+
+    def poke(self) -> None:
+        """Ask for a refresh soon; safe to call from any thread (the control plane's on_change)."""
+        loop, wake = self._loop, self._wake
+        if loop is None or wake is None or loop.is_closed():
+            return
+        loop.call_soon_threadsafe(wake.set)
+
+    async def _on_notify(self, revision: int) -> None:
+        current = self.snapshot
+        if current is None or revision != current.revision:
+            assert self._wake is not None
+            self._wake.set()
+
+    async def _refresh_loop(self) -> None:
+        assert self._wake is not None
+        interval = self.settings.snapshot_poll_interval
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=interval)
+            self._wake.clear()
+            try:
+                await self.refresh()
+            except Exception as exc:
+                log.warning("snapshot refresh failed (%s); serving revision %s for at most %.0fs more",
+                            exc, self.snapshot.revision if self.snapshot else None,
+                            max(0.0, self.settings.snapshot_max_age - self.staleness()))
+                await asyncio.sleep(min(interval, 0.5))
+
+    async def _listen(self) -> None:
+        assert self.notifier is not None
+        while True:
+            try:
+                await self.notifier.listen(self._on_notify)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # polling covers the gap
+                log.warning("change notifications interrupted (%s); polling meanwhile", exc)
+                await asyncio.sleep(1.0)
+
+    # -- limits --------------------------------------------------------------------------------
+
+    async def acquire(self, deployer_id: str, limits: Limits, estimated_tokens: int) -> LimitDecision | None:
+        """None when no limit applies (nothing reserved), else the limiter's decision."""
+        if is_unlimited(limits):
+            return None
+        return await self.limiter.acquire(deployer_id, limits, estimated_tokens=estimated_tokens, now=self.now())
+
+    async def settle(self, deployer_id: str, limits: Limits, estimated_tokens: int, actual_tokens: int) -> None:
+        try:
+            await self.limiter.settle(deployer_id, limits, estimated_tokens=estimated_tokens,
+                                      actual_tokens=actual_tokens, now=self.now())
+        except Exception as exc:  # the reservation expires on its own; the response is not the place to fail
+            log.warning("rate limiter settle failed for %s: %s", deployer_id, exc)
+
+
+def count(service: GatewayService, record: dict[str, Any]) -> None:
+    """Count a finished request for ``/gateway/metrics``."""
+    key = (str(record.get("kind", "v1")), str(record.get("outcome", "")), str(record.get("reason_code") or ""))
+    service.outcomes[key] = service.outcomes.get(key, 0) + 1
+    if record.get("scope_violation"):
+        sv = (str(record.get("deployer_id")), str(record.get("use_case")), str(record.get("rule")))
+        service.scope_violations[sv] = service.scope_violations.get(sv, 0) + 1
+
+
+def render_metrics(service: GatewayService) -> bytes:
+    """The counters in Prometheus' text exposition format."""
+    def esc(value: str) -> str:
+        return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+    lines = ["# HELP releasegate_gateway_requests_total Requests finished by this replica.",
+             "# TYPE releasegate_gateway_requests_total counter"]
+    for (channel, outcome, reason), n in sorted(service.outcomes.items()):
+        lines.append(f'releasegate_gateway_requests_total{{channel="{esc(channel)}",outcome="{esc(outcome)}",'
+                     f'reason="{esc(reason)}"}} {n}')
+    lines += ["# HELP releasegate_gateway_scope_violations_total Requests refused for leaving their use case's scope.",
+              "# TYPE releasegate_gateway_scope_violations_total counter"]
+    for (deployer, use_case, rule), n in sorted(service.scope_violations.items()):
+        lines.append(f'releasegate_gateway_scope_violations_total{{deployer="{esc(deployer)}",'
+                     f'use_case="{esc(use_case)}",rule="{esc(rule)}"}} {n}')
+    snap = service.snapshot
+    lines += ["# HELP releasegate_gateway_snapshot_revision Revision of the policy snapshot in use.",
+              "# TYPE releasegate_gateway_snapshot_revision gauge",
+              f"releasegate_gateway_snapshot_revision {snap.revision if snap else -1}",
+              "# HELP releasegate_gateway_snapshot_age_seconds Seconds since the snapshot was last confirmed current.",
+              "# TYPE releasegate_gateway_snapshot_age_seconds gauge",
+              f"releasegate_gateway_snapshot_age_seconds {min(service.staleness(), 1e9):.3f}"]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def default_replica_name() -> str:
+    """``<host>-<pid>``, reduced to the characters a request-log segment name allows."""
+    import re
+    import socket
+
+    name = re.sub(r"[^A-Za-z0-9_-]", "-", f"{socket.gethostname()}-{os.getpid()}").strip("-_")
+    return (name or "replica")[-64:].lstrip("-_") or "replica"
+
+
+def build_request_log(directory: Path, *, replica: str | None = None) -> RequestLog:
+    """The durable group-committed log of this replica in ``directory``."""
+    from releasegate.gateway.requestlog import FileRequestLog
+
+    directory.mkdir(parents=True, exist_ok=True)
+    return FileRequestLog(directory, replica=replica or default_replica_name())
+
+
+def build_notifier(settings: Settings, db_url: str | None = None) -> ChangeNotifier | None:
+    """Change fan-out: Redis pub/sub when ``RELEASEGATE_REDIS_URL`` is set, PostgreSQL LISTEN/NOTIFY on
+    PostgreSQL, none on SQLite (one process, or replicas that only poll)."""
+    from releasegate.gateway.notify import make_notifier
+
+    return make_notifier(settings, db_url or settings.resolved_database_url())
+
+
+def create_gateway_service(
+    settings: Settings,
+    *,
+    db: Database | None = None,
+    request_log_dir: Path | None = None,
+    replica: str | None = None,
+    config: GatewayConfig | None = None,
+    ship: bool = True,
+) -> GatewayService:
+    """A replica wired from settings: limiter (Redis if configured), durable log + shipper, notifier."""
+    from releasegate.gateway.shipper import RequestLogShipper
+
+    owns_db = db is None
+    database = db or Database(settings.resolved_database_url())
+    directory = request_log_dir or (config.request_log_dir if config and config.request_log_dir else None) \
+        or settings.ensure_data_dir() / "requestlog"
+    return GatewayService(
+        db=database, settings=settings, limiter=build_limiter(settings),
+        request_log=build_request_log(Path(directory), replica=replica), notifier=build_notifier(settings, database.url),
+        config=config, shipper=RequestLogShipper(Path(directory), database) if ship else None,
+        closers=(database.dispose,) if owns_db else (),
+    )
+
+
+def build_limiter(settings: Settings) -> RateLimiter:
+    """Redis counters shared by every replica when ``RELEASEGATE_REDIS_URL`` is set, else in-process."""
+    from releasegate.gateway.ratelimit import InMemoryRateLimiter, RedisRateLimiter
+
+    if settings.redis_url:
+        return RedisRateLimiter(settings.redis_url)
+    return InMemoryRateLimiter()
+
+
+# -- request records (shared by /v1 and /authz) ----------------------------------------------------
+
+
+def new_request_id() -> str:
+    return "req_" + os.urandom(12).hex()
+
+
+STALE_MESSAGE = ("the gateway could not confirm the current release policy recently enough, so it refuses requests "
+          "until it can (fail closed); retry shortly")
+
+
+def new_record(scope: Any, endpoint: str | None) -> dict[str, Any]:
+    return {"id": new_request_id(), "at": time.time(), "_t0": time.perf_counter(), "kind": "v1",
+            "method": scope["method"], "path": scope["path"], "endpoint": endpoint}
+
+
+def note_caller(record: dict[str, Any], caller: Caller) -> None:
+    record["key_id"] = caller.key.id
+    record["deployer_id"] = caller.deployer.id
+    record["use_case"] = caller.key.use_case
+
+
+def note_decision(record: dict[str, Any], d: Decision) -> None:
+    if d.key is not None:
+        record["key_id"], record["use_case"] = d.key.id, d.key.use_case
+    if d.deployer is not None:
+        record["deployer_id"] = d.deployer.id
+    if d.version is not None:
+        record["model_name"] = d.version.model
+        record["version"] = d.version.version
+        record["stage"] = d.version.stage_name
+
+
+def bearer_token(value: bytes | None) -> str | None:
+    if value is None:
+        return None
+    text = value.decode("latin-1").strip()
+    if text[:7].lower() == "bearer ":
+        return text[7:].strip()
+    return None
+
+
+
+
+def start_record(record: dict[str, Any]) -> dict[str, Any]:
+    """The durable record written before forwarding (schema in ``gateway.requestlog``)."""
+    out = {k: v for k, v in record.items() if k != "_t0"}
+    out["decision"] = "allow"
+    return out
