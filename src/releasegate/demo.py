@@ -85,12 +85,22 @@ def gateway_lines(base_url: str, model: str, issued: list[dict[str, str]]) -> li
     return lines
 
 
+DEMO_UPSTREAM_KEY_ENV = "ATLAS_UPSTREAM_KEY"
+
+
 def start_mock_upstream(port: int = MOCK_UPSTREAM_PORT) -> Any:
-    """Run the MOCK model server in a background thread (a ServerThread; ``.stop()`` it), or None if the port is taken."""
+    """Run the MOCK model server in a background thread (a ServerThread; ``.stop()`` it), or None if the port is taken.
+
+    The mock requires the upstream key the example plan names (``ATLAS_UPSTREAM_KEY``, set to a
+    demo value when unset), so every answer shows that the gateway injected it.
+    """
+    import os
+
     from releasegate.mockupstream import create_mock_upstream
     from releasegate.testing.server import ServerThread
 
-    server = ServerThread(create_mock_upstream(name="releasegate-demo-MOCK"), "127.0.0.1", port)
+    api_key = os.environ.setdefault(DEMO_UPSTREAM_KEY_ENV, "demo-upstream-key")
+    server = ServerThread(create_mock_upstream(name="releasegate-demo-MOCK", api_key=api_key), "127.0.0.1", port)
     try:
         server.start()
     except OSError:
