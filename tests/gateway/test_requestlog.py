@@ -59,6 +59,31 @@ async def test_record_is_on_disk_before_record_start_returns(tmp_path: Path) -> 
         await rlog.close()
 
 
+async def test_unsynced_mode_writes_to_the_kernel_before_returning(tmp_path: Path) -> None:
+    """sync=False still puts the record in the file (survives a killed gateway) but skips fdatasync."""
+    rlog = FileRequestLog(tmp_path, replica="r1", sync=False)
+    try:
+        await rlog.record_start(start("req_a"))
+        assert [r["id"] for r in lines(tmp_path)] == ["req_a"]
+        assert rlog.fsyncs == 0
+    finally:
+        await rlog.close()
+
+
+async def test_sequential_requests_do_not_wait_for_a_batch_to_fill(tmp_path: Path) -> None:
+    """An end record riding with the next start must not trigger the group-commit wait."""
+    rlog = FileRequestLog(tmp_path, replica="r1", max_delay=0.05, sync=False)
+    try:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        for i in range(20):
+            await rlog.record_start(start(f"req_{i}"))
+            rlog.record_end(end(f"req_{i}"))
+        assert loop.time() - t0 < 20 * 0.05 / 2  # far less than one max_delay per request
+    finally:
+        await rlog.close()
+
+
 async def test_group_commit_batches_concurrent_starts(tmp_path: Path) -> None:
     rlog = FileRequestLog(tmp_path, replica="r1")
     n = 2000

@@ -253,12 +253,12 @@ def default_replica_name() -> str:
     return (name or "replica")[-64:].lstrip("-_") or "replica"
 
 
-def build_request_log(directory: Path, *, replica: str | None = None) -> RequestLog:
-    """The durable group-committed log of this replica in ``directory``."""
+def build_request_log(directory: Path, *, replica: str | None = None, sync: bool = True) -> RequestLog:
+    """The durable group-committed log of this replica in ``directory`` (``sync``: fdatasync each batch)."""
     from releasegate.gateway.requestlog import FileRequestLog
 
     directory.mkdir(parents=True, exist_ok=True)
-    return FileRequestLog(directory, replica=replica or default_replica_name())
+    return FileRequestLog(directory, replica=replica or default_replica_name(), sync=sync)
 
 
 def build_notifier(settings: Settings, db_url: str | None = None) -> ChangeNotifier | None:
@@ -287,7 +287,7 @@ def create_gateway_service(
         or settings.ensure_data_dir() / "requestlog"
     return GatewayService(
         db=database, settings=settings, limiter=build_limiter(settings),
-        request_log=build_request_log(Path(directory), replica=replica), notifier=build_notifier(settings, database.url),
+        request_log=build_request_log(Path(directory), replica=replica, sync=settings.request_log_sync), notifier=build_notifier(settings, database.url),
         config=config, shipper=RequestLogShipper(Path(directory), database) if ship else None,
         closers=(database.dispose,) if owns_db else (),
     )
