@@ -36,8 +36,20 @@ class Settings(BaseSettings):
             return self.secret_key.get_secret_value().encode()
         path = self.ensure_data_dir() / "server-secret"
         if not path.exists():
+            import os
             import secrets
+            import tempfile
 
-            path.touch(mode=0o600)
-            path.write_text(secrets.token_urlsafe(48))
+            # Write then link atomically: concurrent first callers all end up reading one full secret.
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".server-secret.")
+            try:
+                os.write(fd, secrets.token_urlsafe(48).encode())
+                os.fsync(fd)
+                os.close(fd)
+                try:
+                    os.link(tmp, path)  # fails if another process won the race: use theirs
+                except FileExistsError:
+                    pass
+            finally:
+                os.unlink(tmp)
         return path.read_text().strip().encode()
