@@ -36,6 +36,7 @@ class Settings(BaseSettings):
             return self.secret_key.get_secret_value().encode()
         path = self.ensure_data_dir() / "server-secret"
         if not path.exists():
+            import contextlib
             import os
             import secrets
             import tempfile
@@ -46,10 +47,8 @@ class Settings(BaseSettings):
                 os.write(fd, secrets.token_urlsafe(48).encode())
                 os.fsync(fd)
                 os.close(fd)
-                try:
-                    os.link(tmp, path)  # fails if another process won the race: use theirs
-                except FileExistsError:
-                    pass
+                with contextlib.suppress(FileExistsError):  # another caller won the race: use theirs
+                    os.link(tmp, path)
             finally:
                 os.unlink(tmp)
         return path.read_text().strip().encode()

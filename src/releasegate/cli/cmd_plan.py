@@ -48,13 +48,14 @@ def _warn(loaded: LoadedPlan) -> None:
 def validate(file: FileArg, as_json: JsonOpt = False) -> None:
     """Check a plan: every problem with file, line, column, field and a hint."""
     loaded = _load(file, as_json)
+    stages = [s.name for s in loaded.plan.stages]
     data = {"ok": True, "model": loaded.plan.model, "content_hash": loaded.content_hash,
-            "stages": [s.name for s in loaded.plan.stages], "warnings": [w.to_dict() for w in loaded.warnings]}
+            "stages": stages, "warnings": [w.to_dict() for w in loaded.warnings]}
 
     def render() -> None:
         _warn(loaded)
         output.console().print(f"[green]ok[/green] {file}: {loaded.plan.model}, {len(loaded.plan.versions)} versions, "
-                               f"{len(loaded.plan.stages)} stages ({' → '.join(data['stages'])})")
+                               f"{len(stages)} stages ({' → '.join(stages)})")
 
     emit(data, as_json, render)
 

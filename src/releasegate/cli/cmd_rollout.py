@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated
 
 import typer
@@ -31,7 +32,7 @@ def _status(ctx: typer.Context, model: Annotated[str | None, typer.Argument(help
     emit(rows, as_json, render)
 
 
-def _transition(action: str, help_text: str) -> object:
+def _transition(action: str, help_text: str) -> Callable[..., None]:
     def command(
         ctx: typer.Context,
         model: ModelArg,
