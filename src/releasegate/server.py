@@ -1,6 +1,6 @@
 """The one-process server of ``releasegate serve``: control plane, and the data planes mounted beside it.
 
-The gateway app answers ``/v1/*``, ``/authz/*`` and ``/gateway/healthz`` and hands every other path to
+The gateway app answers ``/v1/*``, ``/authz/*``, ``/gateway/healthz`` and ``/metrics`` and hands every other path to
 the admin API (FastAPI), so the gateway's hot path carries no framework. Every committed write of the
 control plane refreshes this process's snapshot at once and is published to other replicas
 (PostgreSQL LISTEN/NOTIFY or Redis pub/sub) when the store is shared.
@@ -15,6 +15,7 @@ from releasegate.api.app import create_app
 from releasegate.gateway.app import GatewayApp
 from releasegate.gateway.service import GatewayConfig, GatewayService, create_gateway_service
 from releasegate.services.context import ServiceContext
+from releasegate.services.metrics import ControlPlaneCollector
 
 
 def wire_changes(ctx: ServiceContext, service: GatewayService) -> None:
@@ -33,6 +34,8 @@ def create_server_app(ctx: ServiceContext, *, request_log_dir: Path | None = Non
     admin = create_app(ctx=ctx)
     service = create_gateway_service(ctx.settings, db=ctx.db, request_log_dir=request_log_dir, config=config)
     wire_changes(ctx, service)
+    # One /metrics for both planes: versions and incidents are read from the store at scrape time.
+    service.metrics.register(ControlPlaneCollector(ctx.db))
     app = GatewayApp(service, fallback=admin)
     admin.state.gateway = service
     return app

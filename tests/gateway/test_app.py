@@ -138,8 +138,8 @@ def test_errors_raise_the_sdk_classes_and_are_not_retried(gateway: Gateway, worl
     scope = next(r for r in refusals if r["reason_code"] == "scope_violation")
     assert scope["scope_violation"] is True and scope["use_case"] == "customer-support" and scope["rule"] == "bounds.max_tokens"
     metrics = httpx.get(gateway[0] + "/gateway/metrics").text
-    assert (f'releasegate_gateway_scope_violations_total{{deployer="{world.deployer_ids["acme-internal"]}",'
-            'use_case="customer-support",rule="bounds.max_tokens"} 1') in metrics
+    assert (f'releasegate_scope_violations_total{{deployer="{world.deployer_ids["acme-internal"]}",model="{MODEL}",'
+            'rule="bounds.max_tokens",stage="internal",use_case="customer-support",version="v1"} 1.0') in metrics
 
 
 def test_upstream_failures_are_clear_and_others_keep_being_served(gateway: Gateway, world: World) -> None:

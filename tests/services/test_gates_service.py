@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -112,3 +113,21 @@ def test_flag_rate_too_high_fails_the_gate(ctx: ServiceContext, clock: FrozenClo
     clock.advance(hours=11)
     results = dict(outcomes(gates.check(ctx, admin, atlas)))
     assert results["flag_rate"] == "fail"
+
+
+def test_traffic_fact_sums_named_detectors_in_the_database(ctx: ServiceContext, clock: FrozenClock, atlas: str) -> None:
+    """The gate's flag counts come from one SQL sum (no per-bucket reads) and equal the row-by-row sum."""
+    start = clock.now()
+    add_buckets(ctx, atlas, "v1", "trusted-partners", start, hours=3, deployers=("dep_a", "dep_b"), requests=100,
+                flagged={"moderation": 2, "pii": 1})
+    add_buckets(ctx, atlas, "v1", "trusted-partners", start + timedelta(hours=3), hours=2, requests=100, flagged={})
+    add_buckets(ctx, atlas, "v1", "trusted-partners", start + timedelta(hours=5), hours=1, deployers=("dep_c",),
+                requests=100, flagged={"moderation": 7})
+    with ctx.db.read() as session:
+        every = gates.traffic_fact(session, atlas, "v1", "trusted-partners", start)
+        named = gates.traffic_fact(session, atlas, "v1", "trusted-partners", start, detectors=["moderation", "absent"])
+        none = gates.traffic_fact(session, atlas, "v1", "trusted-partners", start, detectors=())
+    assert dict(every.flagged) == {"moderation": 19, "pii": 6}
+    assert dict(named.flagged) == {"moderation": 19}  # a detector that never flagged is absent, as before
+    assert dict(none.flagged) == {}
+    assert (named.requests, named.deployers) == (every.requests, every.deployers) == (900, 3)

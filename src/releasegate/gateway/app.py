@@ -16,12 +16,17 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import replace
 from typing import Any
 from urllib.parse import unquote
 
 import orjson
 
+from releasegate.detectors.base import DetectionInput
+from releasegate.detectors.runner import ModelDetectors
+from releasegate.detectors.text import input_text, output_text
 from releasegate.gateway import authz
+from releasegate.gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from releasegate.gateway.openai_errors import (
     JSON_TYPE,
     error_body,
@@ -124,9 +129,10 @@ class GatewayApp:
             if path == "/gateway/healthz":
                 await self.healthz(send)
                 return
-            if path == "/gateway/metrics":
-                await send_json(send, 200, render_metrics(self.service),
-                                [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")])
+            if path == "/metrics" or path == "/gateway/metrics":  # before the fallback: the admin app never sees it
+                # In a thread: collectors registered by ``serve`` read the store at scrape time.
+                body = await asyncio.to_thread(render_metrics, self.service)
+                await send_json(send, 200, body, [(b"content-type", METRICS_CONTENT_TYPE)])
                 return
             if self.fallback is not None:
                 await self.fallback(scope, receive, send)
@@ -321,6 +327,7 @@ class GatewayApp:
         estimate = estimate_tokens(facts, default_bound=bound)
         deployer_id = caller.deployer.id
         limits = decision.limits
+        detectors = svc.detectors.models.get(v.model) if svc.detectors.models else None
         granted = await svc.acquire(deployer_id, limits, estimate)
         extra = limit_headers(granted.headers, None) if granted is not None and granted.headers else []
         if granted is not None and not granted.allowed:
@@ -331,6 +338,11 @@ class GatewayApp:
             return
         actual = 0
         try:
+            item: DetectionInput | None = None
+            if detectors is not None:
+                item = _detection_input(record, caller.key.use_case, endpoint, body, detectors)
+                if detectors.inline and await self._inline_refusal(send, record, item, detectors):
+                    return
             payload = orjson.dumps(body)
             headers = _upstream_headers(scope["headers"], record["id"], backend.authorization, caller, v.qualified)
             try:
@@ -340,8 +352,9 @@ class GatewayApp:
                 await self.refuse(send, record, "log_unavailable", "the gateway cannot record requests right now, so it "
                                   "forwards none; retry shortly")
                 return
+            answer: list[Any] | None = [] if item is not None and detectors and detectors.asynchronous else None
             usage = await self._exchange(send, receive, record, backend, scope["path"][3:], payload, headers,
-                                         facts.stream, strip_usage, extra)
+                                         facts.stream, strip_usage, extra, keep=answer)
             if usage is not None:
                 actual = usage.total_tokens
                 record["prompt_tokens"], record["completion_tokens"], record["total_tokens"] = (
@@ -349,20 +362,28 @@ class GatewayApp:
             elif record.get("status") == 200:
                 actual = estimate  # served without a usage report (or the client left mid-stream): charge the reservation
             self._end(record)
+            if answer is not None and item is not None and detectors is not None:  # after the end record: flags follow it
+                said = output_text(endpoint, answer[0]) if answer else None
+                svc.detectors.submit(replace(item, output_text=said) if said else item, detectors.asynchronous, record)
         finally:
             if granted is not None:
                 await svc.settle(deployer_id, limits, estimate, actual)
 
     async def _exchange(self, send: Send, receive: Receive, record: dict[str, Any], backend: Any, path: str, payload: bytes,
                         headers: list[tuple[str, str]], stream: bool, strip_usage: bool,
-                        extra: list[tuple[bytes, bytes]]) -> Usage | None:
-        """Forward, relay the answer, and note status/outcome in ``record``; the usage if the upstream reported it."""
+                        extra: list[tuple[bytes, bytes]], keep: list[Any] | None = None) -> Usage | None:
+        """Forward, relay the answer, and note status/outcome in ``record``; the usage if the upstream reported it.
+
+        ``keep``, when given, receives the parsed JSON answer of a 200 non-streamed response (for detectors).
+        """
         svc = self.service
         assert svc.upstream is not None
         rid = record["id"]
+        sent = time.perf_counter()
         try:
             response, base = await svc.upstream.open(backend, path, payload, headers)
         except UpstreamFailure as failure:
+            record["upstream_ms"] = round((time.perf_counter() - sent) * 1000, 3)
             await self._upstream_error(send, record, failure.code, failure.message)
             return None
         record["upstream"] = base
@@ -395,9 +416,13 @@ class GatewayApp:
             await send_json(send, status, content, response.headers() + ours)
             record["status"] = status
             record["outcome"] = "allowed"
+            if keep is not None and status == 200:
+                keep.append(parsed)
             return usage_of(parsed) if status == 200 else None
         finally:
             response.close()
+            # The model server's share of the latency (to its last byte relayed); the rest is the gateway's.
+            record["upstream_ms"] = round((time.perf_counter() - sent) * 1000, 3)
 
     async def _relay_stream(self, send: Send, receive: Receive, record: dict[str, Any], response: UpstreamResponse,
                             strip_usage: bool, ours: list[tuple[bytes, bytes]]) -> Usage | None:
@@ -427,9 +452,34 @@ class GatewayApp:
         await send({"type": "http.response.body", "body": rest, "more_body": False})
         return relay.usage
 
+    async def _inline_refusal(self, send: Send, record: dict[str, Any], item: DetectionInput,
+                              detectors: ModelDetectors) -> bool:
+        """Run the inline detectors on the input; True if the request was refused (flagged, or not judged)."""
+        flags, errors = await self.service.detectors.inspect_inline(item, detectors.inline, record)
+        if errors:
+            record["detector_errors"] = errors
+        if flags:
+            record["flags"] = flags
+            await self.refuse(send, record, "content_flagged", "the request was refused because a misuse check of "
+                              f"this release flagged its content ({', '.join(sorted(flags))})")
+            return True
+        if errors:  # fail closed: an inline check that could not judge is not a pass
+            await self.refuse(send, record, "detector_unavailable", "a misuse check this release requires before "
+                              f"forwarding could not judge the request ({', '.join(sorted(errors))}); retry shortly")
+            return True
+        return False
+
     async def _upstream_error(self, send: Send, record: dict[str, Any], code: str, message: str) -> None:
         status = await send_error(send, code, message, request_id=record["id"])
         record["status"], record["reason_code"], record["outcome"] = status, code, "error"
+
+
+def _detection_input(record: dict[str, Any], use_case: str, endpoint: str, body: dict[str, Any],
+                     detectors: ModelDetectors) -> DetectionInput:
+    return DetectionInput(
+        request_id=record["id"], deployer_id=record.get("deployer_id") or "", use_case=use_case,
+        use_case_description=detectors.descriptions.get(use_case, ""), model=record.get("model_name") or "",
+        version=record.get("version") or "", endpoint=endpoint, input_text=input_text(endpoint, body))
 
 
 def _token(headers: list[tuple[bytes, bytes]]) -> str | None:

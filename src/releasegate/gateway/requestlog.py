@@ -30,9 +30,14 @@ per-replica counter that only increases within a run — and ``at`` if absent; a
   is an error too). A request refused before forwarding may have an end record only; it
   then also carries the start fields, and it counts as started ``latency_ms`` before ``at``.
 
+* flags: ``{id, kind: "flags", at, replica, seq, flags: {detector: {category, score, detail}},
+  detector_errors?: {detector: message}}``, written by ``detectors.runner`` after the end
+  record when detectors that ran off the hot path flagged the request or could not judge it.
+  An end record may carry ``flags`` and ``detector_errors`` too (inline detectors).
+
 ``id`` is the request id (the ``x-request-id`` sent upstream); ``at`` is epoch seconds (for
-an end record: when it ended); ``flags`` lists the detectors that flagged the request (a list
-of names, or a dict keyed by name). ``reason`` is accepted for ``reason_code`` and
+an end record: when it ended); ``flags`` names the detectors that flagged the request (a dict
+keyed by detector name, or a list of names). ``reason`` is accepted for ``reason_code`` and
 ``model_name`` (preferred) for ``model``. A denied request is a scope violation when
 ``scope_violation`` is true or its reason code starts with ``scope_``.
 
@@ -154,6 +159,15 @@ class FileRequestLog:
             log.warning("request log closed: end record of %s dropped", record.get("id"))
             return
         self._pending.append((self._encode(record, "end"), None))
+        self._kick()
+
+    def record_flags(self, record: dict[str, Any]) -> None:
+        """Queue a detectors' ``flags`` record for ``record["id"]``, like ``record_end`` (never blocks)."""
+        if self._closing:
+            self.dropped_ends += 1
+            log.warning("request log closed: flags record of %s dropped", record.get("id"))
+            return
+        self._pending.append((self._encode(record, "flags"), None))
         self._kick()
 
     async def close(self) -> None:

@@ -18,6 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from releasegate.detectors.base import DetectorRegistry
+from releasegate.detectors.runner import DetectorRunner
+from releasegate.gateway.metrics import GatewayMetrics
 from releasegate.gateway.routing import UpstreamHealth
 from releasegate.gateway.snapshot import Snapshot, compile_snapshot, read_revision
 from releasegate.gateway.types import ChangeNotifier, LimitDecision, RateLimiter, RequestLog
@@ -39,6 +42,7 @@ class GatewayConfig:
     upstream_cooldown: float = 5.0  # seconds a failed upstream is skipped
     max_connections: int = 1024  # pooled upstream connections per process
     request_log_dir: Path | None = None
+    metrics_max_deployers: int = 100  # deployers with their own metrics label; the rest count as "other"
 
 
 class GatewayService:
@@ -58,6 +62,7 @@ class GatewayService:
         snapshot_source: Callable[[], Snapshot] | None = None,
         revision_source: Callable[[], int] | None = None,
         closers: tuple[Callable[[], Any], ...] = (),
+        detector_registry: DetectorRegistry | None = None,
     ) -> None:
         self.db = db
         self.settings = settings
@@ -76,13 +81,17 @@ class GatewayService:
         self._tasks: list[asyncio.Task[None]] = []
         self._closers = closers
         self.shipper = shipper  # RequestLogShipper for this replica's log directory, or None
+        # Misuse detectors of the models in the snapshot (rebuilt when a plan's detectors change).
+        self.detectors = DetectorRunner(request_log, registry=detector_registry,
+                                        on_flag=lambda detector, record: note_flag(self, detector, record))
         # Where snapshots come from: the store by default; tests may compile one from fixtures.
         self._compile: Callable[[], Snapshot] = snapshot_source or (lambda: compile_snapshot(self.db))
         self._revision: Callable[[], int] = revision_source or (lambda: read_revision(self.db))
         self.refreshes = 0
-        # Prometheus-style counters (plain dicts: one increment per request, no registry globals).
-        self.outcomes: dict[tuple[str, str, str], int] = {}  # (channel, outcome, reason) -> requests
-        self.scope_violations: dict[tuple[str, str, str], int] = {}  # (deployer, use case, rule) -> requests
+        # Prometheus metrics in this replica's own registry (two replicas in one process never share one).
+        self.metrics = GatewayMetrics(max_deployers=self.config.metrics_max_deployers)
+        self.metrics.watch_snapshot(revision=lambda: self.snapshot.revision if self.snapshot is not None else -1,
+                                    age=lambda: min(self.staleness(), 1e9))
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -91,6 +100,7 @@ class GatewayService:
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self.upstream = UpstreamClient(self.health, max_connections=self.config.max_connections)
+        await self.detectors.start()
         try:
             await self.refresh(force=True)
         except Exception as exc:  # the store may come back; until then every request is policy_stale
@@ -110,6 +120,8 @@ class GatewayService:
         self._tasks.clear()
         if self.upstream is not None:
             await self.upstream.aclose()
+        with contextlib.suppress(Exception):  # before the log closes: queued flags still get written
+            await self.detectors.stop()
         for closer in (self.notifier.close if self.notifier else None, self.limiter.close, self.request_log.close):
             if closer is not None:
                 with contextlib.suppress(Exception):
@@ -152,7 +164,17 @@ class GatewayService:
             self._verified_at = started
             self.refreshes += 1
             log.info("policy snapshot at revision %d", snapshot.revision)
+            await self._configure_detectors(snapshot)
             return True
+
+    async def _configure_detectors(self, snapshot: Snapshot) -> None:
+        """Build the detectors the snapshot's plans declare (unchanged ones are kept)."""
+        try:
+            await self.detectors.configure({
+                model: (plan.detectors, {name: uc.description for name, uc in plan.use_cases.items()})
+                for model, plan in snapshot.plans.items()})
+        except Exception:  # the policy itself is current; broken detectors are logged, not fatal
+            log.exception("detectors could not be configured at revision %d", snapshot.revision)
 
     def poke(self) -> None:
         """Ask for a refresh soon; safe to call from any thread (the control plane's on_change)."""
@@ -211,37 +233,24 @@ class GatewayService:
 
 
 def count(service: GatewayService, record: dict[str, Any]) -> None:
-    """Count a finished request for ``/gateway/metrics``."""
-    key = (str(record.get("kind", "v1")), str(record.get("outcome", "")), str(record.get("reason_code") or ""))
-    service.outcomes[key] = service.outcomes.get(key, 0) + 1
-    if record.get("scope_violation"):
-        sv = (str(record.get("deployer_id")), str(record.get("use_case")), str(record.get("rule")))
-        service.scope_violations[sv] = service.scope_violations.get(sv, 0) + 1
+    """Count a finished request in the replica's metrics (``/metrics``); a few microseconds, never raises."""
+    try:
+        service.metrics.observe(record)
+    except Exception as exc:  # metrics must never fail a response
+        log.warning("metrics: could not count request %s: %s", record.get("id"), exc)
+
+
+def note_flag(service: GatewayService, detector: str, record: dict[str, Any], n: int = 1) -> None:
+    """Count ``n`` requests of ``record`` flagged by ``detector`` (the detectors' hook; never raises)."""
+    try:
+        service.metrics.note_flag(detector, record, n)
+    except Exception as exc:
+        log.warning("metrics: could not count a %s flag: %s", detector, exc)
 
 
 def render_metrics(service: GatewayService) -> bytes:
-    """The counters in Prometheus' text exposition format."""
-    def esc(value: str) -> str:
-        return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-    lines = ["# HELP releasegate_gateway_requests_total Requests finished by this replica.",
-             "# TYPE releasegate_gateway_requests_total counter"]
-    for (channel, outcome, reason), n in sorted(service.outcomes.items()):
-        lines.append(f'releasegate_gateway_requests_total{{channel="{esc(channel)}",outcome="{esc(outcome)}",'
-                     f'reason="{esc(reason)}"}} {n}')
-    lines += ["# HELP releasegate_gateway_scope_violations_total Requests refused for leaving their use case's scope.",
-              "# TYPE releasegate_gateway_scope_violations_total counter"]
-    for (deployer, use_case, rule), n in sorted(service.scope_violations.items()):
-        lines.append(f'releasegate_gateway_scope_violations_total{{deployer="{esc(deployer)}",'
-                     f'use_case="{esc(use_case)}",rule="{esc(rule)}"}} {n}')
-    snap = service.snapshot
-    lines += ["# HELP releasegate_gateway_snapshot_revision Revision of the policy snapshot in use.",
-              "# TYPE releasegate_gateway_snapshot_revision gauge",
-              f"releasegate_gateway_snapshot_revision {snap.revision if snap else -1}",
-              "# HELP releasegate_gateway_snapshot_age_seconds Seconds since the snapshot was last confirmed current.",
-              "# TYPE releasegate_gateway_snapshot_age_seconds gauge",
-              f"releasegate_gateway_snapshot_age_seconds {min(service.staleness(), 1e9):.3f}"]
-    return ("\n".join(lines) + "\n").encode()
+    """Every metric of the replica (and collectors registered on it) in Prometheus' text exposition format."""
+    return service.metrics.render()
 
 
 def default_replica_name() -> str:

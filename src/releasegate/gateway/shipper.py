@@ -11,7 +11,10 @@ re-ships at most one batch; re-shipping is harmless because
 * the hourly ``request_buckets`` counters change only together with those first
   applications, in the same transaction: a request is counted once, in the hour it started
   (``requests``/``allowed``/``denied``/``scope_violations`` with its start; ``errors``,
-  tokens, latency and flags with its end, or with the start if the end shipped first).
+  tokens, latency and flags with its end, or with the start if the end shipped first);
+* a ``flags`` record (detectors that ran after the response) adds to the request's ``flags``
+  only the detectors it has no word from yet, and counts just those in ``flagged``: each
+  (request, detector) is counted once, however often the record is re-shipped.
 
 Bucket rows are locked in key order (``SELECT … FOR UPDATE`` on PostgreSQL), so shippers of
 several replicas may share one store. One shipper per directory (an ``flock`` enforces it).
@@ -92,11 +95,36 @@ def _int(value: Any) -> int:
 
 
 def _flag_names(flags: Any) -> list[str]:
+    """Detectors that flagged the request (an entry ``{"error": ...}`` is a detector that could not judge)."""
     if isinstance(flags, dict):
-        return [str(k) for k in flags]
+        return [str(k) for k, v in flags.items() if not (isinstance(v, dict) and "error" in v)]
     if isinstance(flags, list):
         return [str(f) for f in flags]
     return []
+
+
+def _merge_flags(ev: RequestEvent, rec: dict[str, Any]) -> list[str]:
+    """Add the record's flags and detector errors to ``ev.flags`` (first word per detector wins);
+    the names of the detectors whose flags are new."""
+    have: dict[str, Any] = {}
+    if isinstance(ev.flags, dict):
+        have = dict(ev.flags)
+    elif isinstance(ev.flags, list):
+        have = {str(f): {} for f in ev.flags}
+    new: dict[str, Any] = {}
+    flags = rec.get("flags")
+    if isinstance(flags, dict):
+        new.update({str(k): v for k, v in flags.items()})
+    elif isinstance(flags, list):
+        new.update({str(f): {} for f in flags})
+    errors = rec.get("detector_errors")
+    if isinstance(errors, dict):
+        for k, message in errors.items():
+            new.setdefault(str(k), {"error": str(message)[:300]})
+    fresh = {k: v for k, v in new.items() if k not in have}
+    if fresh:
+        ev.flags = {**have, **fresh}  # a new object: the JSON column sees the change
+    return _flag_names(fresh)
 
 
 @dataclass
@@ -274,7 +302,7 @@ class RequestLogShipper:
             for line in lines:
                 try:
                     rec = orjson.loads(line)
-                    if not isinstance(rec, dict) or not rec.get("id") or rec.get("kind") not in ("start", "end"):
+                    if not isinstance(rec, dict) or not rec.get("id") or rec.get("kind") not in ("start", "end", "flags"):
                         raise ValueError("not a request record")
                     records.append(rec)
                 except ValueError as exc:
@@ -329,6 +357,15 @@ class RequestLogShipper:
                 events[rid] = RequestEvent(id=rid, replica=_clip("replica", str(rec.get("replica") or "")))
                 session.add(events[rid])
             ev = events[rid]
+            if rec["kind"] == "flags":
+                # Detectors that ran after the response: each (request, detector) counts once. Before
+                # the end has shipped, its count_end counts them; after it, they are counted here.
+                fresh = _merge_flags(ev, rec)
+                if fresh and ev.ended_at is not None:
+                    inc = incs.setdefault(_bucket_key(ev), _Increments())
+                    for name in fresh:
+                        inc.flagged[name] = inc.flagged.get(name, 0) + 1
+                continue
             if rec["kind"] == "start":
                 if ev.started_at is not None:
                     continue  # replay
@@ -351,8 +388,7 @@ class RequestLogShipper:
             ev.prompt_tokens = _int(rec.get("prompt_tokens"))
             ev.completion_tokens = _int(rec.get("completion_tokens"))
             ev.outcome = _outcome(rec, ev.status)
-            if rec.get("flags"):
-                ev.flags = rec["flags"]
+            _merge_flags(ev, rec)  # counted below by count_end, with any that shipped before the end
             if ev.started_at is None:
                 # A log holds a request's start before its end, and ships in order: an end
                 # without a start is a request refused before forwarding. Count it now.

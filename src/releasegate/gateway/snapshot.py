@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import select
@@ -50,6 +50,7 @@ class Snapshot:
     backends: Mapping[tuple[str, str], Backend]  # (model, version) -> upstream pool
     compiled_at: datetime
     problems: tuple[str, ...] = ()
+    plans: Mapping[str, Plan] = field(default_factory=dict)  # model -> current plan (detectors, use cases)
 
     @property
     def revision(self) -> int:
@@ -135,7 +136,9 @@ def build_snapshot(
         alias_rows.setdefault(a.model_name, {})[a.alias] = {str(k): int(v) for k, v in a.targets.items()}
     models: dict[str, ModelEntry] = {}
     backends: dict[tuple[str, str], Backend] = {}
+    plan_by_model: dict[str, Plan] = {}
     for plan, base_dir in plans:
+        plan_by_model[plan.model] = plan
         model_name = plan.model
         versions = {v: _version_entry(plan, v, by_version.get((model_name, v)), views) for v in plan.versions}
         for v, spec in plan.versions.items():
@@ -165,4 +168,5 @@ def build_snapshot(
     for p in problems:
         log.warning("snapshot %d: %s", revision, p)
     view = PolicyView(revision=revision, keys=key_entries, deployers=deployer_entries, models=models, grants=grant_set)
-    return Snapshot(view=view, backends=backends, compiled_at=SystemClock().now(), problems=tuple(problems))
+    return Snapshot(view=view, backends=backends, compiled_at=SystemClock().now(), problems=tuple(problems),
+                    plans=plan_by_model)

@@ -47,12 +47,15 @@ class RequestLog(Protocol):
 
     ``record_start`` returns only once the record is on disk (fsync'd, group-committed with
     concurrent requests); if it raises, the request must not be forwarded (fail closed).
-    ``record_end`` is durable soon after (same group commit) and never blocks the response.
+    ``record_end`` is durable soon after (same group commit) and never blocks the response;
+    ``record_flags`` likewise, for what detectors found after the response (``detectors.runner``).
     """
 
     async def record_start(self, record: dict[str, Any]) -> None: ...
 
     def record_end(self, record: dict[str, Any]) -> None: ...
+
+    def record_flags(self, record: dict[str, Any]) -> None: ...
 
     async def close(self) -> None: ...
 

@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from releasegate.detectors.settings import BUILTIN_SETTINGS, settings_problems
 from releasegate.plan.schema import (
     Audience,
     FlagRateCriterion,
@@ -225,6 +226,21 @@ def check_detectors(plan: Plan) -> Iterator[PlanIssue]:
                 )
 
 
+def check_detector_settings(plan: Plan) -> Iterator[PlanIssue]:
+    """Each detector names a kind; a built-in kind's settings must be valid (an unknown kind is a
+    warning: a detector plugin may provide it, and the gateway records errors if none does)."""
+    for name, raw in plan.detectors.items():
+        base = join_path("detectors", name)
+        kind, problems = settings_problems(raw)
+        for field, message in problems:
+            yield _error("invalid_detector", join_path(base, field) if field else base,
+                         f"detector '{name}': {message}")
+        if kind is not None and kind not in BUILTIN_SETTINGS:
+            hint = did_you_mean(kind, BUILTIN_SETTINGS.keys()) or (
+                "built-in kinds: " + ", ".join(sorted(BUILTIN_SETTINGS)) + "; or install the plugin that provides it")
+            yield _warning("unknown_detector_kind", join_path(base, "kind"), f"unknown detector kind '{kind}'", hint)
+
+
 def check_weights_channel(plan: Plan) -> Iterator[PlanIssue]:
     """A stage opens the weights channel if and only if it says how (its weights: policy)."""
     has_weight_files = any(v.weights is not None for v in plan.versions.values())
@@ -330,6 +346,7 @@ CHECKS: tuple[Check, ...] = (
     check_tier_references,
     check_gate_references,
     check_detectors,
+    check_detector_settings,
     check_weights_channel,
     check_aliases,
     check_audience_widens,

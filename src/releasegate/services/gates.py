@@ -1,7 +1,8 @@
 """Judging the gate into a stage from stored state: gather facts with a few queries, call the pure judge.
 
 ``gather_facts`` reads evidence rows, incidents, approvals and the hourly request aggregates
-(``RequestBucket``; request events are never scanned). ``policy.gates.judge_gate`` decides.
+(``RequestBucket``; request events are never scanned, and bucket rows are summed by the database,
+flag counts included). ``policy.gates.judge_gate`` decides.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from sqlalchemy import distinct, func, select
 from sqlalchemy.orm import Session
 
 from releasegate.errors import NotFound
-from releasegate.plan.schema import EvalCriterion, Plan, Stage, criterion_spec
+from releasegate.plan.schema import EvalCriterion, FlagRateCriterion, Plan, Stage, criterion_spec
 from releasegate.policy.gates import (
     ApprovalFact,
     EvalFact,
@@ -46,8 +47,12 @@ def floor_hour(t: datetime) -> datetime:
 
 
 def traffic_fact(session: Session, model: str, version: str, stage: str | None, since: datetime, *,
-                 deployer_id: str | None = None) -> TrafficFact:
-    """Request aggregates of ``version`` in ``stage`` over whole hourly buckets from ``since`` (rounded down)."""
+                 deployer_id: str | None = None, detectors: Iterable[str] | None = None) -> TrafficFact:
+    """Request aggregates of ``version`` in ``stage`` over whole hourly buckets from ``since`` (rounded down).
+
+    ``flagged`` holds the counts of ``detectors``, summed by the database in the same query; with
+    ``detectors=None`` every detector's count is read (one row per bucket: for small windows only).
+    """
     b = RequestBucket
     start = floor_hour(since)
     where = [b.model == model, b.version == version, b.bucket_start >= start, b.deployer_id != ""]
@@ -55,16 +60,24 @@ def traffic_fact(session: Session, model: str, version: str, stage: str | None, 
         where.append(b.stage == stage)
     if deployer_id is not None:
         where.append(b.deployer_id == deployer_id)
-    requests, deployers = session.execute(
-        select(func.coalesce(func.sum(b.requests), 0), func.count(distinct(b.deployer_id)).filter(b.requests > 0))
+    wanted = sorted(set(detectors)) if detectors is not None else []
+    sums = [func.coalesce(func.sum(b.flagged[d].as_integer()), 0) for d in wanted]
+    row = session.execute(
+        select(func.coalesce(func.sum(b.requests), 0), func.count(distinct(b.deployer_id)).filter(b.requests > 0), *sums)
         .where(*where)
     ).one()
-    flagged: dict[str, int] = {}
-    for (counts,) in session.execute(select(b.flagged).where(*where, b.flagged.is_not(None))):
-        for detector, n in (counts or {}).items():
-            flagged[detector] = flagged.get(detector, 0) + int(n)
+    requests, deployers = row[0], row[1]
+    flagged: dict[str, int] = {d: int(n) for d, n in zip(wanted, row[2:], strict=True) if n}
+    if detectors is None:
+        for (counts,) in session.execute(select(b.flagged).where(*where, b.flagged.is_not(None))):
+            for detector, n in (counts or {}).items():
+                flagged[detector] = flagged.get(detector, 0) + int(n)
     ref = f"request_buckets:{model}:{version}:{stage or '*'}:{start.isoformat()}.."
     return TrafficFact(since=since, requests=int(requests), deployers=int(deployers), flagged=flagged, refs=(ref,))
+
+
+def _flag_detectors(stage: Stage) -> set[str]:
+    return {spec.detector for spec in map(criterion_spec, stage.gate) if isinstance(spec, FlagRateCriterion)}
 
 
 def _eval_versions(stage: Stage, version: str) -> set[str]:
@@ -107,7 +120,8 @@ def gather_facts(session: Session, plan: Plan, rollout: Rollout, target_stage: i
     if "IncidentsCriterion" in kinds:
         incidents = [incident_fact(i) for i in session.scalars(select(Incident).where(
             Incident.model_name == model, Incident.version == version))]
-    traffic = [traffic_fact(session, model, version, rollout.stage_name, since)
+    detectors = _flag_detectors(stage)  # summed in SQL: a gate never reads bucket rows one by one
+    traffic = [traffic_fact(session, model, version, rollout.stage_name, since, detectors=detectors)
                for since in sorted(traffic_windows(stage, rollout.stage_entered_at, now))]
     approvals: list[ApprovalFact] = []
     requesters: set[str] = {requested_by.lower()} if requested_by else set()
