@@ -34,16 +34,19 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
-from sqlalchemy import select
+from sqlalchemy import insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from releasegate.store.db import Database
 from releasegate.store.requests import RequestBucket, RequestEvent
+
+_COLUMNS = tuple(c.name for c in RequestEvent.__table__.columns)
 
 __all__ = ["RequestLogShipper", "list_segments"]
 
@@ -103,7 +106,7 @@ def _flag_names(flags: Any) -> list[str]:
     return []
 
 
-def _merge_flags(ev: RequestEvent, rec: dict[str, Any]) -> list[str]:
+def _merge_flags(ev: Any, rec: dict[str, Any]) -> list[str]:
     """Add the record's flags and detector errors to ``ev.flags`` (first word per detector wins);
     the names of the detectors whose flags are new."""
     have: dict[str, Any] = {}
@@ -143,13 +146,13 @@ class _Increments:
 BucketKey = tuple[datetime, str, str, str, str, str]
 
 
-def _bucket_key(ev: RequestEvent) -> BucketKey:
+def _bucket_key(ev: Any) -> BucketKey:
     assert ev.started_at is not None
     hour = ev.started_at.replace(minute=0, second=0, microsecond=0)
     return (hour, ev.model or "", ev.version or "", ev.stage or "", ev.deployer_id or "", ev.use_case or "")
 
 
-def _is_scope_violation(rec: dict[str, Any], ev: RequestEvent) -> bool:
+def _is_scope_violation(rec: dict[str, Any], ev: Any) -> bool:
     if ev.outcome != "denied":
         return False
     return bool(rec.get("scope_violation")) or (ev.reason_code or "").startswith("scope_")
@@ -165,7 +168,7 @@ def _outcome(rec: dict[str, Any], status: int | None) -> str:
     return "allowed"
 
 
-def _note_request(ev: RequestEvent, rec: dict[str, Any]) -> None:
+def _note_request(ev: Any, rec: dict[str, Any]) -> None:
     """Who asked for what: from the first record of the request that ships."""
     model = rec.get("model_name") or rec.get("model")
     ev.model = _clip("model", str(model)) if model is not None else None
@@ -328,21 +331,25 @@ class RequestLogShipper:
         return len(records), more
 
     def _apply(self, session: Session, records: list[dict[str, Any]]) -> None:
+        # Plain rows and bulk statements, not the ORM unit of work: shipping shares a CPU with the
+        # gateway, and per-object bookkeeping cost more than the requests it records.
         ids = sorted({str(r["id"])[:64] for r in records})
-        events: dict[str, RequestEvent] = {}
+        table = RequestEvent.__table__
+        events: dict[str, SimpleNamespace] = {}
         for i in range(0, len(ids), ID_CHUNK):
-            for ev in session.scalars(select(RequestEvent).where(RequestEvent.id.in_(ids[i : i + ID_CHUNK]))):
-                events[ev.id] = ev
+            for row in session.execute(select(table).where(table.c.id.in_(ids[i : i + ID_CHUNK]))):
+                events[row.id] = SimpleNamespace(**row._asdict())
+        existing = {rid: dict(vars(ev)) for rid, ev in events.items()}
         incs: dict[BucketKey, _Increments] = {}
 
-        def count_request(ev: RequestEvent, rec: dict[str, Any]) -> None:
+        def count_request(ev: Any, rec: dict[str, Any]) -> None:
             inc = incs.setdefault(_bucket_key(ev), _Increments())
             inc.requests += 1
             inc.allowed += ev.outcome != "denied"
             inc.denied += ev.outcome == "denied"
             inc.scope_violations += _is_scope_violation(rec, ev)
 
-        def count_end(ev: RequestEvent) -> None:
+        def count_end(ev: Any) -> None:
             inc = incs.setdefault(_bucket_key(ev), _Increments())
             inc.errors += ev.outcome == "error"
             inc.prompt_tokens += ev.prompt_tokens or 0
@@ -354,8 +361,8 @@ class RequestLogShipper:
         for rec in records:
             rid = str(rec["id"])[:64]
             if rid not in events:
-                events[rid] = RequestEvent(id=rid, replica=_clip("replica", str(rec.get("replica") or "")))
-                session.add(events[rid])
+                events[rid] = SimpleNamespace(**{**dict.fromkeys(_COLUMNS), "id": rid,
+                                                 "replica": _clip("replica", str(rec.get("replica") or ""))})
             ev = events[rid]
             if rec["kind"] == "flags":
                 # Detectors that ran after the response: each (request, detector) counts once. Before
@@ -400,7 +407,12 @@ class RequestLogShipper:
                 if reason:
                     ev.reason_code = _clip("reason_code", str(reason))
             count_end(ev)
-        session.flush()
+        fresh_rows = [vars(ev) for rid, ev in events.items() if rid not in existing]
+        changed = [vars(ev) for rid, ev in events.items() if rid in existing and vars(ev) != existing[rid]]
+        if fresh_rows:
+            session.execute(insert(table), fresh_rows)
+        if changed:
+            session.execute(update(RequestEvent), changed)  # bulk UPDATE by primary key
         self._add_to_buckets(session, incs)
 
     def _add_to_buckets(self, session: Session, incs: dict[BucketKey, _Increments]) -> None:
