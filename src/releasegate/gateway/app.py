@@ -16,7 +16,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import replace
 from typing import Any
 from urllib.parse import unquote
 
@@ -338,10 +337,11 @@ class GatewayApp:
             return
         actual = 0
         try:
-            item: DetectionInput | None = None
-            if detectors is not None:
-                item = _detection_input(record, caller.key.use_case, endpoint, body, detectors)
-                if detectors.inline and await self._inline_refusal(send, record, item, detectors):
+            text: str | None = None  # the request's text, extracted at most once and only for detectors
+            if detectors is not None and detectors.inline:
+                text = input_text(endpoint, body)
+                item = _detection_input(record, caller.key.use_case, endpoint, text, None, detectors)
+                if await self._inline_refusal(send, record, item, detectors):
                     return
             payload = orjson.dumps(body)
             headers = _upstream_headers(scope["headers"], record["id"], backend.authorization, caller, v.qualified)
@@ -352,7 +352,7 @@ class GatewayApp:
                 await self.refuse(send, record, "log_unavailable", "the gateway cannot record requests right now, so it "
                                   "forwards none; retry shortly")
                 return
-            answer: list[Any] | None = [] if item is not None and detectors and detectors.asynchronous else None
+            answer: list[Any] | None = [] if detectors is not None and detectors.asynchronous else None
             usage = await self._exchange(send, receive, record, backend, scope["path"][3:], payload, headers,
                                          facts.stream, strip_usage, extra, keep=answer)
             if usage is not None:
@@ -362,9 +362,11 @@ class GatewayApp:
             elif record.get("status") == 200:
                 actual = estimate  # served without a usage report (or the client left mid-stream): charge the reservation
             self._end(record)
-            if answer is not None and item is not None and detectors is not None:  # after the end record: flags follow it
+            if answer is not None and detectors is not None:  # after the end record, so flags follow it in the log
                 said = output_text(endpoint, answer[0]) if answer else None
-                svc.detectors.submit(replace(item, output_text=said) if said else item, detectors.asynchronous, record)
+                text = input_text(endpoint, body) if text is None else text
+                svc.detectors.submit(_detection_input(record, caller.key.use_case, endpoint, text, said, detectors),
+                                     detectors.asynchronous, record)
         finally:
             if granted is not None:
                 await svc.settle(deployer_id, limits, estimate, actual)
@@ -474,12 +476,10 @@ class GatewayApp:
         record["status"], record["reason_code"], record["outcome"] = status, code, "error"
 
 
-def _detection_input(record: dict[str, Any], use_case: str, endpoint: str, body: dict[str, Any],
+def _detection_input(record: dict[str, Any], use_case: str, endpoint: str, text: str, answer: str | None,
                      detectors: ModelDetectors) -> DetectionInput:
-    return DetectionInput(
-        request_id=record["id"], deployer_id=record.get("deployer_id") or "", use_case=use_case,
-        use_case_description=detectors.descriptions.get(use_case, ""), model=record.get("model_name") or "",
-        version=record.get("version") or "", endpoint=endpoint, input_text=input_text(endpoint, body))
+    return DetectionInput(record["id"], record.get("deployer_id") or "", use_case, detectors.descriptions.get(use_case, ""),
+                          record.get("model_name") or "", record.get("version") or "", endpoint, text, answer)
 
 
 def _token(headers: list[tuple[bytes, bytes]]) -> str | None:
