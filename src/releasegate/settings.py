@@ -19,6 +19,7 @@ class Settings(BaseSettings):
     snapshot_max_age: float = Field(30.0, description="Seconds a gateway may serve from a snapshot it could not refresh before failing closed.")
     snapshot_poll_interval: float = Field(2.0, description="Seconds between snapshot polls when no notification arrives.")
     request_log_sync: bool = Field(True, description="fdatasync the request log before forwarding (survives power loss); false: the record is in the kernel before forwarding (survives a killed gateway, not a crashed host).")
+    controller_interval: float = Field(5.0, description="Seconds between controller passes (gates, halt rules) and webhook deliveries inside `serve`; 0 disables them.")
     public_url: str = Field("http://127.0.0.1:8080", description="Base URL people and clients reach this server at.")
 
     def resolved_database_url(self) -> str:
