@@ -410,7 +410,7 @@ class RequestLogShipper:
         fresh_rows = [vars(ev) for rid, ev in events.items() if rid not in existing]
         changed = [vars(ev) for rid, ev in events.items() if rid in existing and vars(ev) != existing[rid]]
         if fresh_rows:
-            session.execute(insert(table), fresh_rows)
+            session.execute(insert(RequestEvent), fresh_rows)
         if changed:
             session.execute(update(RequestEvent), changed)  # bulk UPDATE by primary key
         self._add_to_buckets(session, incs)

@@ -31,7 +31,13 @@ from releasegate.weights import downloads, gating, registry, signing, state
 from releasegate.weights.config import WeightsConfig
 from releasegate.weights.fingerprint import FingerprintCache, FingerprintParams
 from releasegate.weights.gating import HubRefusal
-from releasegate.weights.responses import CountedBody, RangeNotSatisfiable, hf_error, parse_range
+from releasegate.weights.responses import (
+    FP_CHUNK,
+    CountedBody,
+    RangeNotSatisfiable,
+    hf_error,
+    parse_range,
+)
 from releasegate.weights.store import check_repo_path, lfs_pointer_oid
 
 
@@ -104,9 +110,21 @@ def create_hub_router(config: WeightsConfig | None = None) -> APIRouter:
     url_ttl = config.url_ttl
     router = APIRouter(tags=["weights (Hugging Face-compatible)"], include_in_schema=False)
     lock = threading.Lock()
+    # One fingerprint cache (with its plan cache) for the life of the router, i.e. per app: building
+    # a plan costs ~0.1-0.3 s per file, which a cache made per request paid on every first download.
+    # Keyed by directory because the data directory is only known from the app's context.
+    fp_caches: dict[Path, FingerprintCache] = {}
 
     def keys(request: Request) -> tuple[bytes, bytes]:
         return _keys(request, lock)
+
+    def fingerprints(ctx: ServiceContext) -> FingerprintCache:
+        root = ctx.settings.data_dir / "fingerprints"
+        with lock:
+            cache = fp_caches.get(root)
+            if cache is None:
+                cache = fp_caches[root] = FingerprintCache(root)
+            return cache
 
     def _repo_view(request: Request, org: str, name: str, revision: str) -> tuple[Any, Any, list[dict[str, Any]]] | Response:
         ctx = _ctx(request)
@@ -274,13 +292,17 @@ def create_hub_router(config: WeightsConfig | None = None) -> APIRouter:
 
         plain: Path | None = source
         if ticket.fingerprinted:
-            cache = FingerprintCache(ctx.settings.data_dir / "fingerprints")
+            cache = fingerprints(ctx)
             fp_secret = keys(request)[1]
             plain = cache.get(ticket.artifact.sha256, ticket.principal_id, fp_secret)
             if plain is None or plain.stat().st_size != size:
-                pieces = cache.stream(source, ticket.principal_id, fp_secret, source_sha256=ticket.artifact.sha256,
-                                      start=start, end=end)
-                return CountedBody(status=status, headers=headers, start=start, end=end, on_done=on_done, pieces=pieces)
+                # Produced while it streams, in one worker thread ahead of the event loop; a whole-file
+                # request also writes the cache copy, kept only if the response ran to the end.
+                pieces, copy = cache.produce(source, ticket.principal_id, fp_secret,
+                                             source_sha256=ticket.artifact.sha256, start=start, end=end,
+                                             chunk_size=FP_CHUNK)
+                return CountedBody(status=status, headers=headers, start=start, end=end, on_done=on_done,
+                                   pieces=pieces, finish=copy.finish if copy is not None else None)
         assert plain is not None
         accel = _accel_path(config, ctx, plain)
         if accel is not None:
