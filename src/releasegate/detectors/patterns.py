@@ -4,12 +4,12 @@ Flags with the first pattern that matches (``category`` = ``input`` or ``output`
 the pattern). Python's ``re`` cannot be interrupted, so the defence against a pattern that
 backtracks catastrophically is twofold: patterns are at most ``MAX_PATTERN_CHARS`` long (checked
 when the plan loads) and at most ``max_chars`` characters of each text are scanned (default
-32,768). Scanning runs in a worker thread, so even a slow pattern never stalls the event loop.
+32,768). Scanning runs on the detector worker task, not a thread: ``re`` holds the GIL while it
+matches, so a thread would add a hand-off per request without protecting the event loop.
 """
 
 from __future__ import annotations
 
-import asyncio
 import re
 from typing import Any
 
@@ -44,4 +44,4 @@ class PatternDetector(Detector):
         return None
 
     async def inspect(self, item: DetectionInput) -> Flag | None:
-        return await asyncio.to_thread(self.match, item)
+        return self.match(item)
