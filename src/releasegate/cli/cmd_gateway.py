@@ -53,14 +53,16 @@ def _gateway(
         os.environ["RELEASEGATE_DATABASE_URL"] = svc.db.url
         output.console().print(f"releasegate gateway on http://{host}:{port}/v1 with {workers} workers")
         uvicorn.run("releasegate.gateway.worker:create_worker_app", factory=True, host=host, port=port, workers=workers,
-                    log_level=log_level, access_log=False, lifespan="on", log_config=None)
+                    log_level=log_level, access_log=False, lifespan="on", log_config=None,
+                    proxy_headers=False, server_header=False)
         return
     config = GatewayConfig(max_body_bytes=max_body_bytes, request_log_dir=request_log_dir)
     service = create_gateway_service(svc.settings, db=svc.db, request_log_dir=request_log_dir, replica=replica,
                                      config=config, ship=ship)
     output.console().print(f"releasegate gateway on http://{host}:{port}/v1  ·  decision endpoint /authz/v1/check")
+    # No proxy-header rewriting or Server header: the gateway trusts no client-sent forwarding headers.
     uvicorn.run(GatewayApp(service), host=host, port=port, log_level=log_level, access_log=False, lifespan="on",
-                log_config=None)
+                log_config=None, proxy_headers=False, server_header=False)
 
 
 def register(app: typer.Typer) -> None:
