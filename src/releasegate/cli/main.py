@@ -84,11 +84,15 @@ def _register() -> None:
         cmd_applications,
         cmd_audit,
         cmd_deployers,
+        cmd_evidence,
+        cmd_gateway,
         cmd_keys,
         cmd_plan,
+        cmd_report,
         cmd_rollout,
         cmd_server,
         cmd_tokens,
+        cmd_weights,
     )
 
     app.add_typer(cmd_plan.app, name="plan")
@@ -99,24 +103,8 @@ def _register() -> None:
     app.add_typer(cmd_audit.app, name="audit")
     cmd_rollout.register(app)
     cmd_server.register(app)
-    for extension in _extensions():
-        extension(app)
-
-
-def _extensions() -> list[Callable[[typer.Typer], None]]:
-    """Command groups contributed by other parts of releasegate (gateway, weights, gates...)."""
-    found: list[Callable[[typer.Typer], None]] = []
-    import importlib
-
-    for module in ("releasegate.cli.cmd_gateway", "releasegate.cli.cmd_evidence", "releasegate.cli.cmd_weights", "releasegate.cli.cmd_report"):
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-            continue
-        found.append(mod.register)
-    return found
+    for module in (cmd_gateway, cmd_evidence, cmd_weights, cmd_report):
+        module.register(app)
 
 
 def main() -> None:
