@@ -325,3 +325,97 @@ async def test_acquire_and_settle_cost() -> None:
     per_pair_us = (time.perf_counter() - started) / n * 1e6
     assert per_pair_us < 200, per_pair_us
 
+
+
+# -- leases: without a concurrency limit, a Redis replica admits from a share it claimed --------------
+
+
+def _count_claims(limiter: RedisRateLimiter) -> list[int]:
+    """Counts the limiter's round trips to Redis for leases (a wrapper around its claim script)."""
+    calls = [0]
+    script = limiter._claim_script
+
+    async def counted(*args: object, **kwargs: object) -> object:
+        calls[0] += 1
+        return await script(*args, **kwargs)  # type: ignore[arg-type]
+
+    limiter._claim_script = counted  # type: ignore[assignment]
+    return calls
+
+
+async def test_a_lease_admits_without_a_redis_round_trip_per_request(redis_prefix: str) -> None:
+    limiter = RedisRateLimiter(REDIS_URL, prefix=redis_prefix)
+    calls = _count_claims(limiter)
+    try:
+        limits = Limits(rpm=100_000, tpm=10_000_000)  # shares of 1,000 requests and 100,000 tokens
+        decisions = [await limiter.acquire("bluebank", limits, estimated_tokens=50, now=T0 + i * 1e-4) for i in range(1500)]
+        assert all(d.allowed for d in decisions)
+        assert calls[0] == 2  # 1,000 requests per lease
+        # The headers still count every request admitted, as the in-memory limiter's do.
+        last = decisions[-1].headers
+        memory = InMemoryRateLimiter()
+        expected = [await memory.acquire("bluebank", limits, estimated_tokens=50, now=T0 + i * 1e-4) for i in range(1500)]
+        assert last == expected[-1].headers
+        # Token corrections go into the lease: still no round trip.
+        for _ in range(100):
+            await limiter.settle("bluebank", limits, estimated_tokens=50, actual_tokens=20, now=T0 + 0.2)
+        assert calls[0] == 2
+    finally:
+        await limiter.close()
+
+
+async def test_leased_replicas_never_admit_more_than_the_shared_budget(redis_prefix: str) -> None:
+    a = RedisRateLimiter(REDIS_URL, prefix=redis_prefix)
+    b = RedisRateLimiter(REDIS_URL, prefix=redis_prefix)
+    limits = Limits(rpm=1000)  # leases of 10 requests
+    try:
+        results = await asyncio.gather(*[
+            (a, b)[i % 2].acquire("bluebank", limits, estimated_tokens=0, now=T0) for i in range(1200)
+        ])
+        allowed = sum(d.allowed for d in results)
+        # Each replica may be refused early while the other holds an unspent lease: at most one lease each.
+        assert 1000 - 2 * 10 <= allowed <= 1000
+        assert all(d.reason == "rpm" for d in results if not d.allowed)
+    finally:
+        await a.close()  # gives back what the leases left
+        await b.close()
+    c = RedisRateLimiter(REDIS_URL, prefix=redis_prefix, lease_fraction=0)
+    try:
+        rest = await acquire_n(c, 1000 - allowed + 1, limits, now=T0)
+        assert [d.allowed for d in rest] == [True] * (1000 - allowed) + [False]  # exactly 1,000 in all
+    finally:
+        await c.close()
+
+
+async def test_a_quiet_replica_gives_its_lease_back(redis_prefix: str) -> None:
+    quiet = RedisRateLimiter(REDIS_URL, prefix=redis_prefix, lease_ttl=0.2)
+    busy = RedisRateLimiter(REDIS_URL, prefix=redis_prefix, lease_fraction=0)
+    limits = Limits(daily_tokens=100_000)  # leases of 1,000 tokens
+    try:
+        now = time.time()
+        assert (await quiet.acquire("bluebank", limits, estimated_tokens=100, now=now)).allowed
+        await quiet.settle("bluebank", limits, estimated_tokens=100, actual_tokens=40, now=now)
+        # The quiet replica holds 960 unspent tokens of its lease: the other is refused early...
+        assert not (await busy.acquire("bluebank", limits, estimated_tokens=99_001, now=now)).allowed
+        await asyncio.sleep(0.6)  # ...until the sweep gives them back
+        assert (await busy.acquire("bluebank", limits, estimated_tokens=99_960, now=time.time())).allowed
+        denied = await busy.acquire("bluebank", limits, estimated_tokens=1, now=time.time())
+        assert not denied.allowed and denied.reason == "daily_tokens"
+    finally:
+        await quiet.close()
+        await busy.close()
+
+
+async def test_a_lease_follows_a_plan_change(redis_prefix: str) -> None:
+    """One replica with leases decides exactly as the in-memory limiter, across a change of limits."""
+    limiter = RedisRateLimiter(REDIS_URL, prefix=redis_prefix)
+    memory = InMemoryRateLimiter()
+    try:
+        steps = [(Limits(rpm=1000), 5), (Limits(rpm=5), 6), (Limits(rpm=1000), 3)]
+        for limits, n in steps:
+            leased = await acquire_n(limiter, n, limits, now=T0)
+            exact = await acquire_n(memory, n, limits, now=T0)
+            assert [(d.allowed, d.reason, d.headers) for d in leased] == [(d.allowed, d.reason, d.headers) for d in exact]
+        assert [d.allowed for d in leased] == [True, True, True]
+    finally:
+        await limiter.close()

@@ -27,7 +27,22 @@ How it denies: ``LimitDecision(allowed=False, reason=rpm|tpm|daily_tokens|concur
 limiter_unavailable, retry_after=seconds, message=...)``; ``retry_after`` is ``None`` when
 waiting cannot help (the request alone needs more tokens than the limit).
 
-Redis backend: one ``EVALSHA`` per acquire and per settle. Concurrency slots live in a
+Redis backend, leases. Without a concurrency limit, a replica does not ask Redis per request: it
+claims a *lease*, a small share of the deployer's budget (``lease_fraction`` of each limit, 1% by
+default: 10 of 1,000 requests per minute, 1,000 of 100,000 tokens), in one ``EVALSHA`` that moves the
+shared ``tat`` (and the day's counter) as if those requests had been admitted, and then admits
+locally, in microseconds, until the lease is spent or ``lease_ttl`` (1 s) has passed. Token
+corrections at ``settle`` go into the lease (a refund is spent locally, an overrun is a debt). The
+leftover (or the debt) goes back with the next claim, or, for a deployer gone quiet, with the
+background sweep that runs every ``lease_ttl/2``. A claim takes *up to* its share: near the end of
+a budget it takes what fits, down to this one request, so the replicas together never admit more
+than the limit, and one replica alone admits exactly as the in-memory limiter does. What sharing
+costs: while one replica holds an unspent lease another may be refused early, by at most one lease
+per replica and for at most ``lease_ttl``; and the ``x-ratelimit-remaining-*`` headers count the
+other replicas' use as of this replica's last claim. A budget smaller than ``1/lease_fraction``
+makes leases of one request: every request asks Redis, as ``lease_fraction=0`` always does.
+
+With a concurrency limit, one ``EVALSHA`` per acquire and per settle (slots must be exact). Concurrency slots live in a
 sorted set per deployer, member = ``<limiter instance>:<n>``, score = the slot's expiry; a
 background task of the owning limiter pushes the expiry of its held slots forward every
 ``slot_ttl/3``, so the slots of a replica that died (no ``settle``, no refresh) expire after
@@ -330,6 +345,94 @@ redis.call('PEXPIRE', KEYS[1], 120000 + math.ceil(tonumber(ARGV[1])))
 return 1
 """
 
+_CLAIM_LUA = """
+-- A lease: give back what the last lease left (or charge its debt), then take up to a share.
+-- KEYS: 1 gcra hash {o, r, t}, 2 today's token counter
+-- ARGV: now_ms rpm tpm daily ret_requests ret_tokens ret_daily want_requests want_tokens min_tokens day_end_ms
+-- (0 = unlimited; ret_tokens < 0 is a debt; want_requests 0 = give back only)
+local now = tonumber(ARGV[1])
+local rpm = tonumber(ARGV[2]) local tpm = tonumber(ARGV[3]) local daily = tonumber(ARGV[4])
+local ret_r = tonumber(ARGV[5]) local ret_t = tonumber(ARGV[6]) local ret_d = tonumber(ARGV[7])
+local want_r = tonumber(ARGV[8]) local want_t = tonumber(ARGV[9]) local min_t = tonumber(ARGV[10])
+local day_end = tonumber(ARGV[11])
+local P = 60000 local EPS = 0.001
+local g = redis.call('HMGET', KEYS[1], 'o', 'r', 't')
+local o = tonumber(g[1])
+if o == nil then o = math.floor(now) redis.call('HSET', KEYS[1], 'o', string.format('%d', o)) end
+now = now - o
+local r = tonumber(g[2]) local t = tonumber(g[3])
+if rpm > 0 and ret_r ~= 0 and r ~= nil then r = r - ret_r * P / rpm end
+if tpm > 0 and ret_t ~= 0 then
+  if ret_t < 0 and (t == nil or t < now) then t = now end
+  if t ~= nil then t = t - ret_t * P / tpm end
+end
+if r == nil or r < now then r = now end
+if t == nil or t < now then t = now end
+local used = 0
+if daily > 0 then
+  used = tonumber(redis.call('GET', KEYS[2]) or '0')
+  if ret_d ~= 0 then
+    used = used - ret_d
+    if used < 0 then used = 0 end
+  end
+end
+local n = want_r local tok = want_t local ok = 1
+if want_r <= 0 then
+  ok = 0 n = 0 tok = 0
+else
+  if rpm > 0 then
+    local room = math.floor((P + EPS - (r - now)) * rpm / P)
+    if room < n then n = room end
+  end
+  if tpm > 0 then
+    local room = math.floor((P + EPS - (t - now)) * tpm / P)
+    if room < tok then tok = room end
+  end
+  if daily > 0 and daily - used < tok then tok = daily - used end
+  if n < 1 or tok < min_t then ok = 0 n = 0 tok = 0 end
+end
+local r_wait = r - now local t_wait = t - now local used_before = used
+if rpm > 0 then r = r + n * P / rpm redis.call('HSET', KEYS[1], 'r', string.format('%.17g', r)) end
+if tpm > 0 then t = t + tok * P / tpm redis.call('HSET', KEYS[1], 't', string.format('%.17g', t)) end
+redis.call('PEXPIRE', KEYS[1], math.ceil(math.max(r, t) - now) + 1000)
+if daily > 0 and (ret_d ~= 0 or tok > 0) then
+  redis.call('SET', KEYS[2], string.format('%d', used + tok), 'PXAT', string.format('%d', day_end + 3600000))
+end
+return {ok, string.format('%.17g', r_wait), string.format('%.17g', t_wait), used_before, n, tok}
+"""
+
+
+class _Lease:
+    """A share of one deployer's budget this replica took from Redis, spent locally (module docstring).
+
+    Times are relative to ``origin`` (the claim's ``now``), as in ``_Budget``.
+    """
+
+    __slots__ = ("day", "day_used", "expires", "limits", "origin", "r_wait", "requests", "t_wait", "tokens")
+
+    def __init__(self, limits: Limits, origin: float, expires: float, r_wait: float, t_wait: float, day_used: int,
+                 requests: int, tokens: int) -> None:
+        self.limits = limits
+        self.origin = origin
+        self.expires = expires  # monotonic
+        self.day = int(origin // DAY)
+        self.r_wait = r_wait  # the shared tat before the claim, plus what was spent of the lease since
+        self.t_wait = t_wait
+        self.day_used = day_used
+        self.requests = requests  # left to admit (ignored when rpm is unset)
+        self.tokens = tokens  # left to admit; negative is a debt (settled above the estimate)
+
+    def live(self, limits: Limits, now: float) -> bool:
+        return (time.monotonic() < self.expires and self.origin <= now < self.origin + LEASE_MAX_AGE
+                and int(now // DAY) == self.day and (self.limits is limits or self.limits == limits))
+
+    def state(self, now: float) -> _State:
+        elapsed = now - self.origin
+        return _State(max(self.r_wait - elapsed, 0.0), max(self.t_wait - elapsed, 0.0), self.day_used, 0)
+
+
+LEASE_MAX_AGE = 60.0  # seconds of the callers' clock a lease may serve (with a frozen or jumping clock)
+
 
 class RedisRateLimiter:
     """Budgets shared by every replica pointing at the same Redis and ``prefix``.
@@ -346,6 +449,8 @@ class RedisRateLimiter:
         socket_timeout: float = 0.25,
         retry_backend_after: float = 0.5,
         slot_ttl: float = 30.0,
+        lease_fraction: float = 0.01,
+        lease_ttl: float = 1.0,
     ) -> None:
         self._redis = aioredis.Redis.from_url(
             url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout,
@@ -362,6 +467,12 @@ class RedisRateLimiter:
         self._seq = itertools.count(1)
         self._slots: dict[str, list[str]] = {}  # deployer -> slots this instance holds
         self._refresher: asyncio.Task[None] | None = None
+        self._claim_script = self._redis.register_script(_CLAIM_LUA)
+        self._lease_fraction = max(0.0, lease_fraction)
+        self._lease_ttl = lease_ttl
+        self._leases: dict[str, _Lease] = {}
+        self._claims: dict[str, asyncio.Future[_State | None]] = {}  # deployer -> a claim in flight (-> its refusal)
+        self._sweeper: asyncio.Task[None] | None = None
 
     def _keys(self, deployer_id: str, now: float) -> list[str]:
         base = f"{self._prefix}{{{deployer_id}}}"
@@ -377,9 +488,11 @@ class RedisRateLimiter:
         """Reserve or deny in one ``EVALSHA`` (see the module docstring)."""
         if _unlimited(limits):
             return ALLOWED_UNLIMITED
+        est = max(0, estimated_tokens)
+        if not limits.concurrency:
+            return await self._acquire_leased(deployer_id, limits, est, now)
         if time.monotonic() < self._down_until:
             return self._unavailable(deployer_id)
-        est = max(0, estimated_tokens)
         slot = f"{self._instance}:{next(self._seq)}" if limits.concurrency else ""
         day_end_ms = (math.floor(now / DAY) + 1) * DAY * 1000
         args: list[str | int] = [
@@ -400,9 +513,141 @@ class RedisRateLimiter:
             self._ensure_refresher()
         return LimitDecision(allowed=True, headers=_headers(limits, est, s, True))
 
+    # -- leases (no concurrency limit) ---------------------------------------------------------
+
+    async def _acquire_leased(self, deployer_id: str, limits: Limits, est: int, now: float) -> LimitDecision:
+        while True:
+            lease = self._leases.get(deployer_id)
+            if lease is not None and lease.live(limits, now) and (not limits.rpm or lease.requests >= 1) and (
+                    not (limits.tpm or limits.daily_tokens) or lease.tokens >= est):
+                return self._spend(lease, limits, est, now)
+            pending = self._claims.get(deployer_id)
+            if pending is None:
+                break
+            # Another request of this deployer is claiming: use its lease, or share its refusal
+            # (the same moment's shared state) unless this smaller request would have fitted.
+            refused = await asyncio.shield(pending)
+            if refused is not None and not _fits(limits, est, refused):
+                return _deny(deployer_id, limits, est, refused, now)
+        if time.monotonic() < self._down_until:
+            return self._unavailable(deployer_id)
+        done: asyncio.Future[_State | None] = asyncio.get_running_loop().create_future()
+        self._claims[deployer_id] = done
+        refusal: _State | None = None
+        try:
+            decision, refusal = await self._claim(deployer_id, limits, est, now)
+            return decision
+        finally:
+            if self._claims.get(deployer_id) is done:
+                del self._claims[deployer_id]
+            done.set_result(refusal)
+
+    def _spend(self, lease: _Lease, limits: Limits, est: int, now: float) -> LimitDecision:
+        s = lease.state(now)
+        elapsed = now - lease.origin
+        if limits.rpm:
+            lease.requests -= 1
+            lease.r_wait = max(lease.r_wait, elapsed) + PERIOD / limits.rpm
+        if limits.tpm:
+            lease.t_wait = max(lease.t_wait, elapsed) + est * PERIOD / limits.tpm
+        lease.tokens -= est
+        lease.day_used += est
+        return LimitDecision(allowed=True, headers=_headers(limits, est, s, True))
+
+    def _share(self, limit: int | None) -> int:
+        return max(1, int(limit * self._lease_fraction)) if limit else 0
+
+    def _give_back(self, lease: _Lease | None, now: float) -> tuple[int, int, int]:
+        """What a lease returns: (requests, tokens, daily tokens); tokens < 0 is a debt."""
+        if lease is None:
+            return 0, 0, 0
+        requests = lease.requests if lease.limits.rpm else 0
+        tokens = lease.tokens if lease.limits.tpm else 0
+        daily = lease.tokens if lease.limits.daily_tokens and int(now // DAY) == lease.day else 0
+        return requests, tokens, daily
+
+    async def _claim(self, deployer_id: str, limits: Limits, est: int, now: float) -> tuple[LimitDecision, _State | None]:
+        """Give back the old lease and take a new one in one ``EVALSHA``; admit this request from it.
+
+        Also returns the shared state when Redis refused (for the requests waiting on this claim)."""
+        old = self._leases.pop(deployer_id, None)
+        ret_r, ret_t, ret_d = self._give_back(old, now)
+        if old is not None and old.limits != limits:  # the plan changed: give back under the old limits
+            await self._return(deployer_id, old, now)
+            ret_r = ret_t = ret_d = 0
+        shares = [self._share(limit) for limit in (limits.tpm, limits.daily_tokens) if limit]
+        want_t = max(est, min(shares)) if shares else 0
+        day_end_ms = (math.floor(now / DAY) + 1) * DAY * 1000
+        args: list[str | int] = [
+            f"{now * 1000:.3f}", limits.rpm or 0, limits.tpm or 0, limits.daily_tokens or 0, ret_r, ret_t, ret_d,
+            self._share(limits.rpm) or 1, want_t, est if shares else 0, f"{day_end_ms:.0f}",
+        ]
+        try:
+            ok, r_wait, t_wait, used, n, tokens = await self._claim_script(keys=self._keys(deployer_id, now)[:2], args=args)
+        except (RedisError, OSError) as exc:
+            self._down_until = time.monotonic() + self._retry_backend_after
+            log.warning("rate limiter: Redis unreachable, denying requests (fail closed): %s", exc)
+            return self._unavailable(deployer_id), None
+        s = _State(float(r_wait) / 1000, float(t_wait) / 1000, int(used), 0)
+        if not int(ok):
+            return _deny(deployer_id, limits, est, s, now), s
+        lease = _Lease(limits, now, time.monotonic() + self._lease_ttl, s.r_wait, s.t_wait, s.day_used, int(n), int(tokens))
+        self._leases[deployer_id] = lease
+        self._ensure_sweeper()
+        return self._spend(lease, limits, est, now), None
+
+    async def _return(self, deployer_id: str, lease: _Lease, now: float) -> None:
+        """Give a lease's leftover (or debt) back to the shared budget; never raises."""
+        ret_r, ret_t, ret_d = self._give_back(lease, now)
+        if not (ret_r or ret_t or ret_d):
+            return
+        limits = lease.limits
+        day_end_ms = (math.floor(now / DAY) + 1) * DAY * 1000
+        args: list[str | int] = [f"{now * 1000:.3f}", limits.rpm or 0, limits.tpm or 0, limits.daily_tokens or 0,
+                                 ret_r, ret_t, ret_d, 0, 0, 0, f"{day_end_ms:.0f}"]
+        try:
+            await self._claim_script(keys=self._keys(deployer_id, now)[:2], args=args)
+        except (RedisError, OSError) as exc:
+            log.warning("rate limiter: could not give back %s's unused lease (it is lost for this minute): %s",
+                        deployer_id, exc)
+
+    def _ensure_sweeper(self) -> None:
+        if self._sweeper is None or self._sweeper.done():
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep_loop())
+
+    async def _sweep_loop(self) -> None:
+        """Give back the leases of deployers that went quiet, so other replicas can use them."""
+        while True:
+            await asyncio.sleep(self._lease_ttl / 2)
+            await self._sweep(expired_only=True)
+
+    async def _sweep(self, *, expired_only: bool) -> None:
+        mono = time.monotonic()
+        for deployer_id, lease in list(self._leases.items()):
+            if expired_only and mono < lease.expires:
+                continue
+            if self._leases.get(deployer_id) is lease and deployer_id not in self._claims:
+                del self._leases[deployer_id]
+                # The callers' clock as of now: the lease's origin plus the time it has been held.
+                now = lease.origin + (mono - (lease.expires - self._lease_ttl))
+                await self._return(deployer_id, lease, now)
+
     async def settle(self, deployer_id: str, limits: Limits, *, estimated_tokens: int, actual_tokens: int, now: float) -> None:
-        """Correct tokens and free a slot in one ``EVALSHA``; never raises (a lost settle only
-        leaves the estimate charged and the slot to expire after ``slot_ttl``)."""
+        """Correct tokens and free a slot; never raises (a lost settle only leaves the estimate
+        charged and the slot to expire after ``slot_ttl``). Without a concurrency limit the
+        correction goes into the deployer's live lease, if any, with no Redis call."""
+        if not limits.concurrency:
+            lease = self._leases.get(deployer_id)
+            if lease is not None and lease.live(limits, now):
+                delta = max(0, actual_tokens) - max(0, estimated_tokens)
+                if delta > 0 and limits.tpm:
+                    # A charge starts from a full bucket at the earliest, as in the in-memory limiter.
+                    lease.t_wait = max(lease.t_wait, now - lease.origin)
+                if limits.tpm:
+                    lease.t_wait += delta * PERIOD / limits.tpm
+                lease.tokens -= delta
+                lease.day_used = max(0, lease.day_used + delta)
+                return
         held = self._slots.get(deployer_id)
         slot = held.pop() if held else ""
         if held is not None and not held:
@@ -447,7 +692,14 @@ class RedisRateLimiter:
                 log.warning("rate limiter: could not refresh concurrency slots: %s", exc)
 
     async def close(self) -> None:
-        """Stop refreshing (held slots then expire) and close the connection pool."""
+        """Give back unspent leases, stop refreshing (held slots then expire), close the connection pool."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
+        if time.monotonic() >= self._down_until:
+            await self._sweep(expired_only=False)
         if self._refresher is not None:
             self._refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
