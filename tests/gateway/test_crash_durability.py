@@ -20,9 +20,9 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
-from gateway_world import build_world, chat, plan_text
 from sqlalchemy import select
 
+from gateway_world import build_world, chat, plan_text
 from releasegate.gateway.requestlog import RequestLogShipper
 from releasegate.services.context import ServiceContext
 from releasegate.settings import Settings

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import httpx
 import openai
+
 from gateway_world import MODEL, RM, World
 from gateway_world import chat as chat_body
-
 from releasegate.demo import gateway_lines
 from releasegate.mockupstream import MockUpstream
 from releasegate.server import create_server_app

@@ -6,12 +6,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from weights_world import GOOD_FIELDS, MODEL, PLAN, RM, TERMS_V1, World, write_weights
 
 from releasegate.plan.loader import load_plan_file
 from releasegate.services import plans, rollouts
 from releasegate.services.context import Actor, ServiceContext
 from releasegate.weights import access, registry, terms
+from weights_world import GOOD_FIELDS, MODEL, PLAN, RM, TERMS_V1, World, write_weights
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from huggingface_hub import hf_hub_download
-from weights_world import MODEL, World
 
 from releasegate.api import errors
 from releasegate.services.context import Actor
@@ -22,6 +21,7 @@ from releasegate.testing.server import run_in_thread
 from releasegate.weights import downloads
 from releasegate.weights.config import WeightsConfig
 from releasegate.weights.hub import create_hub_router
+from weights_world import MODEL, World
 
 NGINX = shutil.which("nginx")
 pytestmark = pytest.mark.skipif(NGINX is None, reason="nginx is not installed")

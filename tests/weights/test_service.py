@@ -6,7 +6,6 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from weights_world import GOOD_FIELDS, MODEL, REVIEWER, RM, World
 
 from releasegate.clock import FrozenClock
 from releasegate.errors import InvalidInput, NotFound, Refused
@@ -15,6 +14,7 @@ from releasegate.services import audit, plans
 from releasegate.services.context import Actor
 from releasegate.weights import access, gating, registry, terms
 from support import admitted_deployer
+from weights_world import GOOD_FIELDS, MODEL, REVIEWER, RM, World
 
 
 def test_register_is_content_addressed_and_immutable(world: World) -> None:
