@@ -1,7 +1,7 @@
 """Talking to model servers: one pooled HTTP client per process, failover across a pool, SSE relay.
 
-One long-lived ``aiohttp.ClientSession`` (keep-alive pool, no environment proxies, no redirects) serves
-every request of a gateway process. A connection that cannot be opened is retried on the pool's next
+One long-lived keep-alive pool (``gateway.http1``: no environment proxies, no redirects, no cookies)
+serves every request of a gateway process. A connection that cannot be opened is retried on the pool's next
 upstream (the request never reached the first); anything after the request was sent is not retried,
 because a completion is not idempotent.
 
@@ -17,9 +17,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import orjson
 
+from releasegate.gateway.http1 import ConnectError, Http1Pool, ProtocolError, Response
 from releasegate.gateway.routing import Backend, UpstreamHealth
 
 # Request headers never passed to a model server: hop-by-hop, the client's credentials, and ours.
@@ -30,8 +30,8 @@ DROP_REQUEST_HEADERS = frozenset({
 })
 # Response headers the gateway sets itself or that describe the upstream hop only.
 DROP_RESPONSE_HEADERS = frozenset({
-    "content-length", "connection", "keep-alive", "transfer-encoding", "content-encoding", "server", "date",
-    "x-request-id", "set-cookie", "alt-svc",
+    b"content-length", b"connection", b"keep-alive", b"transfer-encoding", b"content-encoding", b"server", b"date",
+    b"x-request-id", b"set-cookie", b"alt-svc",
 })
 
 
@@ -127,86 +127,70 @@ class UpstreamResponse:
 
     __slots__ = ("_response", "content_type", "status")
 
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
+    def __init__(self, response: Response) -> None:
         self._response = response
         self.status = response.status
-        self.content_type = response.headers.get("content-type", "")
+        self.content_type = response.content_type
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         """The response headers worth passing to the client."""
-        return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in self._response.headers.items()
-                if k.lower() not in DROP_RESPONSE_HEADERS]
+        return [(k, v) for k, v in self._response.headers if k not in DROP_RESPONSE_HEADERS]
 
     async def read(self) -> bytes:
         try:
             return await self._response.read()
         except TimeoutError:
             raise UpstreamFailure("upstream_timeout", "the model server stopped answering mid-response") from None
-        except aiohttp.ClientError as exc:
-            raise UpstreamFailure("upstream_error", f"the model server broke off its answer ({type(exc).__name__})") from None
+        except ProtocolError as exc:
+            raise UpstreamFailure("upstream_error", f"the model server broke off its answer ({exc})") from None
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body as it arrives; UpstreamFailure if the upstream stalls or breaks off."""
         try:
-            async for chunk in self._response.content.iter_any():
+            async for chunk in self._response.chunks():
                 yield chunk
         except TimeoutError:
             raise UpstreamFailure("upstream_timeout", "the model server stopped sending the stream (timeout)") from None
-        except aiohttp.ClientError as exc:
-            raise UpstreamFailure("upstream_error", f"the model server broke off the stream ({type(exc).__name__})") from None
+        except ProtocolError as exc:
+            raise UpstreamFailure("upstream_error", f"the model server broke off the stream ({exc})") from None
 
     def close(self) -> None:
-        self._response.release()
+        self._response.close()
 
 
 class UpstreamClient:
     """The process-wide pooled client. ``open`` returns the response of the first reachable upstream.
 
-    aiohttp rather than httpx: on this 2-core box, 16 concurrent keep-alive POSTs to the mock upstream
-    ran at ~3,000 req/s with aiohttp and under 200 req/s with httpx 0.28 (its connection pool scans
-    every connection per request), and the upstream client is the gateway's largest per-request cost.
-    Create it inside the running event loop (the replica's lifespan).
+    The transport is ``gateway.http1`` (keep-alive pools, httptools parsing), not a general-purpose
+    client: forwarding is the gateway's largest per-request cost. Measured on this 2-core box, one
+    gateway process under 16 connections: httpx 0.28 under 200 req/s (its pool scans every connection
+    per request), aiohttp ~3,700 req/s with aiohttp holding the GIL ~27% of the time, and http1 (see
+    docs/benchmarks.md for the side-by-side figures). Create it inside the running event loop (the
+    replica's lifespan).
     """
 
     def __init__(self, health: UpstreamHealth, *, max_connections: int = 1024, connect_timeout: float = 5.0) -> None:
         self.health = health
         self.connect_timeout = connect_timeout
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=max_connections, limit_per_host=0, keepalive_timeout=60.0,
-                                           ttl_dns_cache=300),
-            auto_decompress=False, trust_env=False, cookie_jar=aiohttp.DummyCookieJar(),
-            skip_auto_headers=("User-Agent", "Accept-Encoding"),
-        )
-        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
-
-    def _timeout(self, seconds: float) -> aiohttp.ClientTimeout:
-        t = self._timeouts.get(seconds)
-        if t is None:
-            # Between reads, not in total: a long stream is fine as long as it keeps moving.
-            t = self._timeouts[seconds] = aiohttp.ClientTimeout(
-                total=None, sock_connect=min(self.connect_timeout, seconds), sock_read=seconds)
-        return t
+        self._pool = Http1Pool(connect_timeout=connect_timeout, max_idle_per_host=max_connections)
 
     async def open(self, backend: Backend, path: str, body: bytes, headers: list[tuple[str, str]]) -> tuple[UpstreamResponse, str]:
         """Send the request; (response with unread body, upstream URL). UpstreamFailure when none answered."""
-        timeout = self._timeout(backend.timeout)
         tried = 0
         for base in self.health.order(backend.urls):
             tried += 1
             try:
-                response = await self._session.request("POST", base + path, data=body, headers=headers,
-                                                       timeout=timeout, allow_redirects=False)
-            except aiohttp.ClientConnectorError:
+                response = await self._pool.post(base, path, body, headers, read_timeout=backend.timeout)
+            except ConnectError:
                 self.health.failed(base)
                 continue
             except TimeoutError:
                 self.health.failed(base)
                 raise UpstreamFailure("upstream_timeout", f"the model server for {backend.name} did not answer within "
                                       f"{backend.timeout:g}s") from None
-            except aiohttp.ClientError as exc:
+            except ProtocolError as exc:
                 self.health.failed(base)
-                raise UpstreamFailure("upstream_error", f"the model server for {backend.name} failed: "
-                                      f"{type(exc).__name__}") from None
+                raise UpstreamFailure("upstream_error", f"the model server for {backend.name} failed: {exc}") from None
             if response.status in (502, 503, 504):
                 self.health.failed(base)
             else:
@@ -216,4 +200,4 @@ class UpstreamClient:
                               f"(tried {tried}); try again shortly")
 
     async def aclose(self) -> None:
-        await self._session.close()
+        await self._pool.aclose()
