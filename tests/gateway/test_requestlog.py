@@ -84,6 +84,67 @@ async def test_sequential_requests_do_not_wait_for_a_batch_to_fill(tmp_path: Pat
         await rlog.close()
 
 
+async def test_a_lone_request_is_synced_on_the_loop_once_with_the_previous_end(tmp_path: Path) -> None:
+    """Idle fast path: no thread hand-off, and the previous request's end rides with the next start."""
+    rlog = FileRequestLog(tmp_path, replica="r1", end_delay=5.0)
+    try:
+        for i in range(3):
+            await rlog.record_start(start(f"req_{i}"))
+            assert (f"req_{i}", "start") in [(r["id"], r["kind"]) for r in lines(tmp_path)]  # durable on return
+            rlog.record_end(end(f"req_{i}"))
+        assert rlog.inline_writes == 3
+        assert rlog.fsyncs == 3  # one sync per request, not one for the start and one for the end
+        assert [(r["id"], r["kind"]) for r in lines(tmp_path)] == [
+            ("req_0", "start"), ("req_0", "end"), ("req_1", "start"), ("req_1", "end"), ("req_2", "start")]
+    finally:
+        await rlog.close()
+    assert [(r["id"], r["kind"]) for r in lines(tmp_path)][-1] == ("req_2", "end")  # close flushes the last end
+
+
+async def test_an_end_alone_is_written_within_end_delay(tmp_path: Path) -> None:
+    rlog = FileRequestLog(tmp_path, replica="r1", end_delay=0.02)
+    try:
+        await rlog.record_start(start("req_a"))
+        rlog.record_end(end("req_a"))
+        rlog.record_end(end("req_refused"))  # a refusal's end record: no start
+        await asyncio.sleep(0.01)
+        assert [r["kind"] for r in lines(tmp_path)] == ["start"]  # still waiting for a start to ride with
+        await asyncio.sleep(0.2)
+        assert [(r["id"], r["kind"]) for r in lines(tmp_path)] == [
+            ("req_a", "start"), ("req_a", "end"), ("req_refused", "end")]
+    finally:
+        await rlog.close()
+
+
+async def test_requests_in_flight_use_group_commit_not_the_loop(tmp_path: Path) -> None:
+    rlog = FileRequestLog(tmp_path, replica="r1")
+    try:
+        await rlog.record_start(start("req_open"))  # in flight: no end yet
+        await asyncio.gather(*[rlog.record_start(start(f"req_{i}")) for i in range(50)])
+        assert rlog.inline_writes == 1  # only the first, when nothing else was in flight
+        assert rlog.fsyncs < 20
+    finally:
+        await rlog.close()
+
+
+async def test_a_failing_disk_fails_the_fast_path_closed_too(tmp_path: Path) -> None:
+    disk_full = True
+
+    def opener(path: Path) -> int:
+        return os.open("/dev/full", os.O_WRONLY) if disk_full else open_segment(path)
+
+    rlog = FileRequestLog(tmp_path, replica="r1", opener=opener)
+    try:
+        rlog.record_end(end("req_old"))
+        with pytest.raises(RequestLogError):
+            await rlog.record_start(start("req_lost"))
+        disk_full = False
+        await rlog.record_start(start("req_ok"))
+        assert [(r["id"], r["kind"]) for r in lines(tmp_path)] == [("req_old", "end"), ("req_ok", "start")]
+    finally:
+        await rlog.close()
+
+
 async def test_group_commit_batches_concurrent_starts(tmp_path: Path) -> None:
     rlog = FileRequestLog(tmp_path, replica="r1")
     n = 2000

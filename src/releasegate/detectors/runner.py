@@ -185,7 +185,10 @@ class DetectorRunner:
 
     async def _inspect(self, item: DetectionInput, detectors: tuple[ConfiguredDetector, ...],
                        context: dict[str, Any]) -> Findings:
-        results = await asyncio.gather(*(self._one(c, item) for c in detectors))
+        if len(detectors) == 1:  # the usual case: no task per detector (gather wraps each in one)
+            results: list[Flag | str | None] = [await self._one(detectors[0], item)]
+        else:
+            results = list(await asyncio.gather(*(self._one(c, item) for c in detectors)))
         flags: dict[str, dict[str, Any]] = {}
         errors: dict[str, str] = {}
         for c, result in zip(detectors, results, strict=True):

@@ -6,9 +6,14 @@ writer task takes everything queued (up to ``max_batch``), writes it with one ``
 one ``fdatasync`` in a dedicated thread, and only then releases the ``record_start`` callers
 of that batch. While a batch is being synced the next one accumulates, so fsyncs per record
 fall as load rises; when the previous batch held several records (concurrent traffic) the
-writer also waits ``max_delay`` for more before syncing. A replica never appends to a
-segment it did not create in this run (a crash may leave a torn last line), and it rotates
-after ``segment_bytes``.
+writer also waits ``max_delay`` for more before syncing. **Idle fast path**: when no other
+request is in flight (between its start and end records) and no batch is being written,
+``record_start`` writes and syncs on the event loop itself (taking any queued end records
+along), which spares the request two thread hand-offs; a batch of end records alone waits up to
+``end_delay`` for a start to ride with, so a lone request costs one sync, not two. The fast path
+stays off while syncs are slow (a moving average above ``inline_max_sync``): blocking the loop
+would then cost more than the hand-off. A replica never appends to a segment it did not create
+in this run (a crash may leave a torn last line), and it rotates after ``segment_bytes``.
 
 How it denies: if a write or sync fails, every ``record_start`` of that batch raises
 ``RequestLogError`` (the gateway then refuses the request: no request reaches a model
@@ -69,6 +74,7 @@ log = logging.getLogger(__name__)
 
 REPLICA_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 Opener = Callable[[Path], int]
+OPEN_LIMIT = 100_000  # requests between start and end the idle fast path keeps track of
 
 
 class RequestLogError(RuntimeError):
@@ -100,6 +106,8 @@ class FileRequestLog:
         replica: str,
         max_batch: int = 1024,
         max_delay: float = 0.001,
+        end_delay: float = 0.005,
+        inline_max_sync: float = 0.002,
         segment_bytes: int = 64 * 1024 * 1024,
         opener: Opener = open_segment,
         sync: bool = True,
@@ -110,6 +118,13 @@ class FileRequestLog:
         self.replica = replica
         self.max_batch = max_batch
         self.max_delay = max_delay
+        self.end_delay = end_delay
+        self.inline_max_sync = inline_max_sync
+        self._sync_avg = 0.0  # seconds: moving average of inline write+sync
+        self._busy = False  # a batch is being written by the writer
+        self._starts_pending = 0
+        self._open: set[Any] = set()  # ids between their start and end record
+        self.inline_writes = 0
         # sync=True: fdatasync per batch (survives power loss). sync=False: the batch is in the
         # kernel before the request is forwarded (survives the gateway being killed, not the host).
         self.sync = sync
@@ -147,10 +162,41 @@ class FileRequestLog:
         """Return once ``record`` is on disk; raise ``RequestLogError`` if it cannot be."""
         if self._closing:
             raise RequestLogError("the request log is closed; the request cannot be recorded")
+        line = self._encode(record, "start")
+        rid = record.get("id")
+        if not self._open and not self._busy and not self._starts_pending and self._sync_avg <= self.inline_max_sync:
+            self._write_inline(line)
+            self._open.add(rid)
+            return
+        if len(self._open) >= OPEN_LIMIT:  # ends that never came (a bug elsewhere): forget, never grow
+            log.warning("request log: %d requests without an end record; forgetting them", len(self._open))
+            self._open.clear()
+        self._open.add(rid)
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((self._encode(record, "start"), fut))
+        self._pending.append((line, fut))
+        self._starts_pending += 1
         self._kick()
-        await fut
+        try:
+            await fut
+        except BaseException:
+            self._open.discard(rid)  # not started: it holds nothing open
+            raise
+
+    def _write_inline(self, line: bytes) -> None:
+        """The idle fast path (module docstring): queued ends, then ``line``, written and synced now."""
+        batch = self._pending
+        self._pending = []
+        data = b"".join(item for item, _ in batch) + line if batch else line
+        try:
+            self._write(data)
+        except Exception as exc:
+            self.write_failures += 1
+            log.error("request log: could not write %d records to %s: %s", len(batch) + 1, self.directory, exc)
+            self._requeue_ends(batch)
+            raise RequestLogError(f"the request could not be recorded durably ({exc})") from exc
+        self.inline_writes += 1
+        self.batches += 1
+        self.records_written += len(batch) + 1
 
     def record_end(self, record: dict[str, Any]) -> None:
         """Queue ``record`` for the next batch; never blocks (call from the event loop)."""
@@ -158,6 +204,7 @@ class FileRequestLog:
             self.dropped_ends += 1
             log.warning("request log closed: end record of %s dropped", record.get("id"))
             return
+        self._open.discard(record.get("id"))
         self._pending.append((self._encode(record, "end"), None))
         self._kick()
 
@@ -181,6 +228,7 @@ class FileRequestLog:
             if fut is not None and not fut.done():
                 fut.set_exception(RequestLogError("the request log closed before the record was written"))
         self._pending.clear()
+        self._starts_pending = 0
         await asyncio.get_running_loop().run_in_executor(self._executor, self._close_segment)
         self._executor.shutdown(wait=True)
 
@@ -204,12 +252,27 @@ class FileRequestLog:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            if last_starts > 1 and self.max_delay > 0 and len(self._pending) < self.max_batch:
+            if not self._starts_pending and self.end_delay > 0 and not self._closing:
+                # Ends only: let the next start carry them (one sync instead of two), or write them soon.
+                deadline = loop.time() + self.end_delay
+                while self._pending and not self._starts_pending and not self._closing:
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        break
+                    self._wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(remaining):
+                            await self._wake.wait()
+                if not self._pending:
+                    continue  # an inline start took them
+            elif last_starts > 1 and self.max_delay > 0 and len(self._pending) < self.max_batch:
                 await asyncio.sleep(self.max_delay)  # concurrent requests: let the batch fill
             batch = self._pending[: self.max_batch]
             del self._pending[: self.max_batch]
             # Only concurrent *starts* justify waiting; an end riding along with the next start does not.
             last_starts = sum(1 for _, fut in batch if fut is not None)
+            self._starts_pending -= last_starts
+            self._busy = True
             try:
                 data = b"".join(line for line, _ in batch)
                 if self.sync:
@@ -228,6 +291,8 @@ class FileRequestLog:
                     self._drop_remaining()
                     return
                 continue
+            finally:
+                self._busy = False
             self.batches += 1
             self.records_written += len(batch)
             for _, fut in batch:
@@ -242,6 +307,7 @@ class FileRequestLog:
         self._pending[0:0] = ends
 
     def _drop_remaining(self) -> None:
+        self._starts_pending = 0
         for _, fut in self._pending:
             if fut is None:
                 self.dropped_ends += 1
@@ -268,6 +334,7 @@ class FileRequestLog:
         fd = self._fd
         assert fd is not None
         try:
+            started = time.perf_counter()
             view = memoryview(data)
             while view:
                 written = os.write(fd, view)
@@ -275,6 +342,7 @@ class FileRequestLog:
             if self.sync:
                 os.fdatasync(fd)
                 self.fsyncs += 1
+            self._sync_avg = 0.8 * self._sync_avg + 0.2 * (time.perf_counter() - started)
         except OSError:
             # Cut the segment back to its last durable byte and abandon it: a torn line must
             # never glue itself to the next record.
