@@ -112,7 +112,7 @@ def start_bare_proxy(servers: Servers, workdir: Path, upstream_port: int, *, wor
     wait_http(proc, port, timeout=60)
     wait_log(proc, STARTED, workers)
     return Contender("bare Python ASGI proxy", port, "atlas-8b-v1", UPSTREAM_KEY, procs=[proc],
-                     note=f"uvicorn {workers} workers + httpx, no policy")
+                     note=f"uvicorn {workers} workers + the gateway's http1 client, no policy")
 
 
 def start_releasegate(servers: Servers, workdir: Path, world: GatewayWorld, *, workers: int | None, redis_url: str | None,

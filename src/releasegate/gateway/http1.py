@@ -43,6 +43,10 @@ class ProtocolError(Exception):
     """The exchange broke: early close, or a response that is not HTTP/1.x."""
 
 
+class _StaleConnection(ProtocolError):
+    """A reused connection closed before any byte of the answer: the server had closed it while idle."""
+
+
 class _Connection(asyncio.Protocol):
     """One keep-alive connection; one exchange at a time."""
 
@@ -52,6 +56,7 @@ class _Connection(asyncio.Protocol):
         self.loop = pool.loop
         self.transport: asyncio.Transport | None = None
         self.closed = False
+        self.reused = False
         self.idle_since = 0.0
         self.response: Response | None = None
         self.parser: Any = None
@@ -67,6 +72,7 @@ class _Connection(asyncio.Protocol):
             self.close()
             return
         response.last_read = self.loop.time()
+        response.received = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -88,6 +94,8 @@ class _Connection(asyncio.Protocol):
         if response is not None and not response.done:
             if response.headers_done and response.until_close and exc is None:
                 response.on_message_complete()
+            elif self.reused and not response.received:
+                response.fail(_StaleConnection("the model server had closed the idle connection"))
             else:
                 response.fail(ProtocolError("the model server closed the connection before the answer was complete"))
 
@@ -135,8 +143,8 @@ class Response:
     """
 
     __slots__ = ("_body", "_bytes", "_chunk_waiter", "_conn", "_headers_waiter", "_timer", "content_type", "done",
-                 "error", "headers", "headers_done", "keep_alive", "last_read", "paused", "read_timeout", "status",
-                 "until_close")
+                 "error", "headers", "headers_done", "keep_alive", "last_read", "paused", "read_timeout", "received",
+                 "status", "until_close")
 
     def __init__(self, conn: _Connection, read_timeout: float) -> None:
         self._conn = conn
@@ -152,6 +160,7 @@ class Response:
         self.keep_alive = False
         self.error: Exception | None = None
         self.paused = False
+        self.received = False  # any byte of the answer yet
         self._body: collections.deque[bytes] = collections.deque()
         self._bytes = 0
         self._headers_waiter: asyncio.Future[None] | None = loop.create_future()
@@ -160,10 +169,17 @@ class Response:
 
     # -- httptools callbacks --------------------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        if self.done:  # a second answer in the same bytes: nobody asked for it, so the connection is spent
+            self.keep_alive = False
+
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name.lower(), value))
+        if not self.headers_done and not self.done:  # not trailers, not a second answer
+            self.headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
+        if self.done:
+            return
         parser = self._conn.parser
         self.status = parser.get_status_code()
         self.keep_alive = parser.should_keep_alive()
@@ -184,6 +200,8 @@ class Response:
         self._wake_headers()
 
     def on_body(self, chunk: bytes) -> None:
+        if self.done:
+            return
         self._body.append(chunk)
         self._bytes += len(chunk)
         if self._bytes > _HIGH_WATER and not self.paused and self._conn.transport is not None:
@@ -192,7 +210,7 @@ class Response:
         self._wake_chunks()
 
     def on_message_complete(self) -> None:
-        if not self.headers_done:  # the end of a 1xx
+        if not self.headers_done or self.done:  # the end of a 1xx, or of an answer nobody asked for
             return
         self.done = True
         self._cancel_timer()
@@ -211,6 +229,8 @@ class Response:
 
     def _check_timeout(self) -> None:
         loop = self._conn.loop
+        if self.paused:  # we stopped reading (a slow consumer): the server is not the one stalling
+            self.last_read = loop.time()
         due = self.last_read + self.read_timeout
         if loop.time() < due:
             self._timer = loop.call_at(due, self._check_timeout)
@@ -253,6 +273,7 @@ class Response:
         self._bytes = 0
         if self.paused and not self.done and self._conn.transport is not None:
             self.paused = False
+            self.last_read = self._conn.loop.time()
             self._conn.transport.resume_reading()
         return data
 
@@ -262,6 +283,7 @@ class Response:
             self._chunk_waiter = self._conn.loop.create_future()
             if self.paused and self._conn.transport is not None:  # reading it whole: no reason to hold back
                 self.paused = False
+                self.last_read = self._conn.loop.time()
                 self._conn.transport.resume_reading()
             await self._chunk_waiter
         if self.error is not None:
@@ -343,6 +365,7 @@ class Http1Pool:
             conn = idle.pop()
             if not conn.closed and conn.idle_since > horizon and conn.transport is not None \
                     and not conn.transport.is_closing():
+                conn.reused = True
                 return conn
             conn.close()
         return None
@@ -361,21 +384,36 @@ class Http1Pool:
                    read_timeout: float) -> Response:
         """Send ``POST base_url+path``; the response once its headers are in (body unread)."""
         key, host, prefix = self._target(base_url)
-        conn = self._reuse(key) or await self._connect(key)
-        lines = [b"POST ", (prefix + path).encode("latin-1"), b" HTTP/1.1\r\nHost: ", host,
-                 b"\r\nContent-Length: ", str(len(body)).encode(), b"\r\n"]
+        try:
+            lines = [b"POST ", (prefix + path).encode("ascii"), b" HTTP/1.1\r\nHost: ", host,
+                     b"\r\nContent-Length: ", str(len(body)).encode(), b"\r\n"]
+        except UnicodeEncodeError:
+            raise ProtocolError(f"the path {prefix + path!r} is not ASCII") from None
         for name, value in headers:
             if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
                 continue  # never let a value split the request
-            lines += (name.encode("latin-1"), b": ", value.encode("latin-1"), b"\r\n")
+            try:
+                lines += (name.encode("latin-1"), b": ", value.encode("latin-1"), b"\r\n")
+            except UnicodeEncodeError:
+                continue  # not representable in an HTTP/1.1 header
         lines.append(b"\r\n")
-        response = conn.send(b"".join(lines), body, read_timeout)
-        try:
-            await response.start()
-        except BaseException:
-            response.close()
-            raise
-        return response
+        head = b"".join(lines)
+        conn = self._reuse(key)
+        for fresh in (conn is None, True):
+            if fresh:
+                conn = await self._connect(key)
+            assert conn is not None
+            response = conn.send(head, body, read_timeout)
+            try:
+                await response.start()
+            except _StaleConnection:
+                response.close()
+                continue  # it never reached the server: once more, on a new connection
+            except BaseException:
+                response.close()
+                raise
+            return response
+        raise ProtocolError("the model server closed a new connection before answering")
 
     async def aclose(self) -> None:
         self._closed = True
