@@ -11,6 +11,7 @@ import pytest
 from gateway_world import EXAMPLE, World, build_world, make_ctx, make_service, plan_text
 from releasegate.gateway.app import GatewayApp
 from releasegate.gateway.service import GatewayService
+from releasegate.gateway.serving import GatewayHttpProtocol
 from releasegate.mockupstream import MockUpstream, create_mock_upstream
 from releasegate.services.context import ServiceContext
 from releasegate.testing.server import run_in_thread
@@ -45,7 +46,7 @@ def start_gateway(tmp_path: Path) -> Iterator[Callable[..., Any]]:
 
     def start(ctx: ServiceContext, **kw: Any) -> tuple[str, GatewayService]:
         service = make_service(ctx, tmp_path, **kw)
-        cm = run_in_thread(GatewayApp(service))
+        cm = run_in_thread(GatewayApp(service), http=GatewayHttpProtocol)  # the protocol the CLI serves with
         url = cm.__enter__()
         stack.append(cm)
         return url, service

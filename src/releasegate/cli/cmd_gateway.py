@@ -35,6 +35,7 @@ def _gateway(
 
     from releasegate.gateway.app import GatewayApp
     from releasegate.gateway.service import GatewayConfig, create_gateway_service
+    from releasegate.gateway.serving import GatewayHttpProtocol
     from releasegate.logs import configure_logging
 
     configure_logging(json=log_json, level=log_level)
@@ -54,7 +55,7 @@ def _gateway(
         output.console().print(f"releasegate gateway on http://{host}:{port}/v1 with {workers} workers")
         uvicorn.run("releasegate.gateway.worker:create_worker_app", factory=True, host=host, port=port, workers=workers,
                     log_level=log_level, access_log=False, lifespan="on", log_config=None,
-                    proxy_headers=False, server_header=False)
+                    proxy_headers=False, server_header=False, http=GatewayHttpProtocol)
         return
     config = GatewayConfig(max_body_bytes=max_body_bytes, request_log_dir=request_log_dir)
     service = create_gateway_service(svc.settings, db=svc.db, request_log_dir=request_log_dir, replica=replica,
@@ -62,7 +63,7 @@ def _gateway(
     output.console().print(f"releasegate gateway on http://{host}:{port}/v1  ·  decision endpoint /authz/v1/check")
     # No proxy-header rewriting or Server header: the gateway trusts no client-sent forwarding headers.
     uvicorn.run(GatewayApp(service), host=host, port=port, log_level=log_level, access_log=False, lifespan="on",
-                log_config=None, proxy_headers=False, server_header=False)
+                log_config=None, proxy_headers=False, server_header=False, http=GatewayHttpProtocol)
 
 
 def register(app: typer.Typer) -> None:

@@ -41,6 +41,7 @@ def _serve(
     """Run the control plane (API and docs) in one process on the local store."""
     import uvicorn
 
+    from releasegate.gateway.serving import GatewayHttpProtocol
     from releasegate.logs import configure_logging
     from releasegate.server import create_server_app
 
@@ -49,7 +50,8 @@ def _serve(
     svc = run(lambda: s.service_context(create=True))
     app = create_server_app(svc)
     output.console().print(f"releasegate on http://{host}:{port}  ·  API docs http://{host}:{port}/docs")
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, log_config=None)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, log_config=None,
+                http=GatewayHttpProtocol)
 
 
 def _demo(
@@ -76,6 +78,7 @@ def _demo(
         import uvicorn
 
         from releasegate.demo import MOCK_UPSTREAM_PORT, start_mock_upstream
+        from releasegate.gateway.serving import GatewayHttpProtocol
         from releasegate.server import create_server_app
 
         mock = start_mock_upstream()
@@ -86,7 +89,8 @@ def _demo(
         else:
             out.print(f"[bold yellow]MOCK model server[/bold yellow] (echo, not a model) on http://127.0.0.1:{MOCK_UPSTREAM_PORT}/v1")
         try:
-            uvicorn.run(create_server_app(svc), host="127.0.0.1", port=port, log_level="warning", access_log=False)
+            uvicorn.run(create_server_app(svc), host="127.0.0.1", port=port, log_level="warning", access_log=False,
+                        http=GatewayHttpProtocol)
         finally:
             if mock is not None:
                 mock.stop()
