@@ -119,8 +119,8 @@ def start_releasegate(servers: Servers, workdir: Path, world: GatewayWorld, *, w
                       name: str = "releasegate", log_root: Path | None = None, label: str | None = None) -> Contender:
     """A gateway over the prepared store: key check, decision, limiter, durable log (+ shipper), all on.
 
-    ``workers=None`` runs releasegate's own command, ``releasegate gateway`` (one process); a number
-    runs ``rg_gateway_app`` under uvicorn with that many workers (same wiring, one replica per worker).
+    Runs releasegate's own command, ``releasegate gateway``: one process for ``workers=None``, else
+    ``--workers N`` (uvicorn's worker processes, each a replica with its own request log).
     ``log_root``: where the request log goes (default ``workdir``, i.e. the disk); a tmpfs there
     shows what the rest of the gateway costs when fdatasync is nearly free.
     """
@@ -128,20 +128,20 @@ def start_releasegate(servers: Servers, workdir: Path, world: GatewayWorld, *, w
     log_dir = (log_root or workdir) / f"{name}-requestlog"
     env = {
         "RELEASEGATE_DATABASE_URL": world.database_url, "RELEASEGATE_DATA_DIR": str(world.data_dir),
-        "RG_BENCH_LOG_DIR": str(log_dir), "RG_BENCH_REPLICA": name, "ATLAS_UPSTREAM_KEY": UPSTREAM_KEY,
+        "ATLAS_UPSTREAM_KEY": UPSTREAM_KEY,
         "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
     }
     if redis_url:
         env["RELEASEGATE_REDIS_URL"] = redis_url
+    argv = [sys.executable, "-c", "import sys; from releasegate.cli.main import main; sys.argv[0] = 'releasegate'; main()",
+            "--data-dir", str(world.data_dir), "gateway",
+            "--host", HOST, "--port", str(port), "--request-log-dir", str(log_dir), "--replica", name,
+            "--log-level", "info"]
     if workers is None:
-        argv = [sys.executable, "-c", "import sys; from releasegate.cli.main import main; sys.argv[0] = 'releasegate'; main()",
-                "--data-dir", str(world.data_dir), "gateway",
-                "--host", HOST, "--port", str(port), "--request-log-dir", str(log_dir), "--replica", name,
-                "--log-level", "info"]
         how = "`releasegate gateway`, 1 process"
     else:
-        argv = _uvicorn("rg_gateway_app:create_app", port, workers, factory=True)
-        how = f"uvicorn {workers} workers"
+        argv += ["--workers", str(workers)]
+        how = f"`releasegate gateway --workers {workers}`"
     proc = servers.add(start(name, argv, workdir=workdir, env=env))
     wait_http(proc, port, path="/gateway/healthz", timeout=90)
     wait_log(proc, STARTED, workers or 1)

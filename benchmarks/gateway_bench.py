@@ -307,9 +307,8 @@ def main(argv: list[str] | None = None) -> int:
             cli = cs.start_releasegate(servers, workdir, world, workers=None, redis_url=redis_url, name="releasegate-cli",
                                        label="releasegate gateway (CLI, 1 proc)")
             contenders.append(cli)
-            notes.append(f"`releasegate gateway` runs one process (no --workers option); the row 'releasegate, "
-                         f"{args.workers} workers' runs the same wiring (create_gateway_service) under uvicorn "
-                         f"--workers {args.workers}, one replica per worker, to match the other contenders")
+            notes.append(f"the row 'releasegate, {args.workers} workers' is `releasegate gateway --workers "
+                         f"{args.workers}` (one replica per worker), to match the other contenders' worker count")
             notes.append("store: SQLite; " + ("limiter and change notifications: Redis" if redis_url
                                               else "limiter: in-process per worker, no Redis"))
             shm: cs.Contender | None = None

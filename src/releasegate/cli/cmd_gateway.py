@@ -51,6 +51,8 @@ def _gateway(
         os.environ[worker.ENV_REPLICA] = replica or "gw"
         os.environ[worker.ENV_MAX_BODY] = str(max_body_bytes)
         os.environ[worker.ENV_SHIP] = "1" if ship else "0"
+        os.environ[worker.ENV_LOG_LEVEL] = log_level
+        os.environ[worker.ENV_LOG_JSON] = "1" if log_json else "0"
         os.environ["RELEASEGATE_DATABASE_URL"] = svc.db.url
         output.console().print(f"releasegate gateway on http://{host}:{port}/v1 with {workers} workers")
         uvicorn.run("releasegate.gateway.worker:create_worker_app", factory=True, host=host, port=port, workers=workers,

@@ -12,16 +12,21 @@ from pathlib import Path
 
 from releasegate.gateway.app import GatewayApp
 from releasegate.gateway.service import GatewayConfig, create_gateway_service
+from releasegate.logs import configure_logging
 from releasegate.settings import Settings
 
 ENV_LOG_DIR = "RELEASEGATE_GATEWAY_LOG_DIR"
 ENV_REPLICA = "RELEASEGATE_GATEWAY_REPLICA"
 ENV_MAX_BODY = "RELEASEGATE_GATEWAY_MAX_BODY_BYTES"
 ENV_SHIP = "RELEASEGATE_GATEWAY_SHIP"
+ENV_LOG_LEVEL = "RELEASEGATE_GATEWAY_LOG_LEVEL"
+ENV_LOG_JSON = "RELEASEGATE_GATEWAY_LOG_JSON"
 
 
 def create_worker_app() -> GatewayApp:
     """The app of one worker, configured from the environment its parent set."""
+    # A worker is a new process: the parent's logging set-up is not inherited.
+    configure_logging(json=os.environ.get(ENV_LOG_JSON) == "1", level=os.environ.get(ENV_LOG_LEVEL, "warning"))
     settings = Settings()
     replica = f"{os.environ.get(ENV_REPLICA, 'gw')}-w{os.getpid()}"
     base = Path(os.environ[ENV_LOG_DIR]) if ENV_LOG_DIR in os.environ else settings.ensure_data_dir() / "requestlog"
