@@ -63,7 +63,7 @@ log = logging.getLogger(__name__)
 SEGMENT_RE = re.compile(r"^(?P<replica>[A-Za-z0-9][A-Za-z0-9_-]{0,63})\.(?P<index>\d{9})\.jsonl$")
 OFFSETS_FILE = "shipped-offsets.json"
 LOCK_FILE = "shipper.lock"
-READ_CHUNK = 4 * 1024 * 1024
+READ_CHUNK = 1024 * 1024  # bytes read per batch (doubled for a longer line): 1,000 records are ~0.5 MB
 ID_CHUNK = 500  # ids per IN (...) query
 STRING_LIMITS = {"deployer_id": 40, "key_id": 40, "model": 160, "version": 64, "stage": 64, "use_case": 64, "endpoint": 200, "reason_code": 64, "replica": 64}
 
@@ -197,7 +197,10 @@ def _note_request(ev: dict[str, Any], rec: dict[str, Any]) -> None:
 class RequestLogShipper:
     """Moves durable request records from one log directory into the store (module docstring)."""
 
-    def __init__(self, directory: Path, db: Database, *, batch: int = 5000) -> None:
+    def __init__(self, directory: Path, db: Database, *, batch: int = 1000) -> None:
+        # 1,000 records (with a 1 MiB read) keep a batch's peak near 3 MiB: glibc keeps what a batch
+        # freed resident in the shipping thread's arena, so 5,000 (15 MiB) showed as RSS that climbed
+        # in steps for minutes under load; shipping stays 10x faster than a busy replica logs.
         self.directory = Path(directory)
         self.db = db
         self.batch = batch
