@@ -25,7 +25,7 @@ import hashlib
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from releasegate.detectors.settings import BUILTIN_SETTINGS, Mode, common_settings, kind_settings
 from releasegate.errors import InvalidInput
@@ -72,10 +72,17 @@ class Detector(abc.ABC):
     """A misuse detector (module docstring for the contract). ``name`` is its plan name."""
 
     name: str
+    # True for a detector that only computes (nothing to wait for): the runner then calls
+    # ``inspect_now`` directly, without the per-call timer (which could not interrupt it anyway).
+    synchronous: ClassVar[bool] = False
 
     @abc.abstractmethod
     async def inspect(self, item: DetectionInput) -> Flag | None:
         """A Flag, None (nothing found), or raise DetectorUnavailable (could not judge)."""
+
+    def inspect_now(self, item: DetectionInput) -> Flag | None:
+        """``inspect`` without the event loop, for ``synchronous`` detectors."""
+        raise NotImplementedError(f"{type(self).__name__} is not synchronous")
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook, most detectors hold nothing
         """Release what the detector holds (connections, models); called when the plan changes."""

@@ -20,6 +20,8 @@ from releasegate.detectors.settings import PatternsSettings
 class PatternDetector(Detector):
     """Flags a request whose text matches any of ``patterns`` (``re.search`` semantics)."""
 
+    synchronous = True  # regular expressions on the calling thread: nothing to wait for
+
     def __init__(self, name: str, settings: PatternsSettings) -> None:
         self.name = name
         self.settings = settings
@@ -44,4 +46,7 @@ class PatternDetector(Detector):
         return None
 
     async def inspect(self, item: DetectionInput) -> Flag | None:
+        return self.match(item)
+
+    def inspect_now(self, item: DetectionInput) -> Flag | None:
         return self.match(item)

@@ -208,6 +208,8 @@ class DetectorRunner:
     async def _one(self, c: ConfiguredDetector, item: DetectionInput) -> Flag | str | None:
         """The detector's Flag, None, or the reason it could not judge."""
         try:
+            if c.detector.synchronous:
+                return c.detector.inspect_now(item)
             async with asyncio.timeout(self.timeout):
                 return await c.detector.inspect(item)
         except TimeoutError:
