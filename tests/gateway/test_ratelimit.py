@@ -329,6 +329,10 @@ async def test_acquire_and_settle_cost() -> None:
 
 # -- leases: without a concurrency limit, a Redis replica admits from a share it claimed --------------
 
+# These tests are about the accounting: a test machine busy with the rest of the suite can take longer
+# than the limiter's 0.25 s to connect, which fails closed (tested above) and would mask what is tested.
+PATIENT = 2.0
+
 
 def _count_claims(limiter: RedisRateLimiter) -> list[int]:
     """Counts the limiter's round trips to Redis for leases (a wrapper around its claim script)."""
@@ -344,7 +348,7 @@ def _count_claims(limiter: RedisRateLimiter) -> list[int]:
 
 
 async def test_a_lease_admits_without_a_redis_round_trip_per_request(redis_prefix: str) -> None:
-    limiter = RedisRateLimiter(REDIS_URL, prefix=redis_prefix)
+    limiter = RedisRateLimiter(REDIS_URL, prefix=redis_prefix, socket_timeout=PATIENT)
     calls = _count_claims(limiter)
     try:
         limits = Limits(rpm=100_000, tpm=10_000_000)  # shares of 1,000 requests and 100,000 tokens
@@ -365,8 +369,8 @@ async def test_a_lease_admits_without_a_redis_round_trip_per_request(redis_prefi
 
 
 async def test_leased_replicas_never_admit_more_than_the_shared_budget(redis_prefix: str) -> None:
-    a = RedisRateLimiter(REDIS_URL, prefix=redis_prefix)
-    b = RedisRateLimiter(REDIS_URL, prefix=redis_prefix)
+    a = RedisRateLimiter(REDIS_URL, prefix=redis_prefix, socket_timeout=PATIENT)
+    b = RedisRateLimiter(REDIS_URL, prefix=redis_prefix, socket_timeout=PATIENT)
     limits = Limits(rpm=1000)  # leases of 10 requests
     try:
         results = await asyncio.gather(*[
@@ -379,7 +383,7 @@ async def test_leased_replicas_never_admit_more_than_the_shared_budget(redis_pre
     finally:
         await a.close()  # gives back what the leases left
         await b.close()
-    c = RedisRateLimiter(REDIS_URL, prefix=redis_prefix, lease_fraction=0)
+    c = RedisRateLimiter(REDIS_URL, prefix=redis_prefix, lease_fraction=0, socket_timeout=PATIENT)
     try:
         rest = await acquire_n(c, 1000 - allowed + 1, limits, now=T0)
         assert [d.allowed for d in rest] == [True] * (1000 - allowed) + [False]  # exactly 1,000 in all
@@ -388,8 +392,8 @@ async def test_leased_replicas_never_admit_more_than_the_shared_budget(redis_pre
 
 
 async def test_a_quiet_replica_gives_its_lease_back(redis_prefix: str) -> None:
-    quiet = RedisRateLimiter(REDIS_URL, prefix=redis_prefix, lease_ttl=0.2)
-    busy = RedisRateLimiter(REDIS_URL, prefix=redis_prefix, lease_fraction=0)
+    quiet = RedisRateLimiter(REDIS_URL, prefix=redis_prefix, lease_ttl=0.2, socket_timeout=PATIENT)
+    busy = RedisRateLimiter(REDIS_URL, prefix=redis_prefix, lease_fraction=0, socket_timeout=PATIENT)
     limits = Limits(daily_tokens=100_000)  # leases of 1,000 tokens
     try:
         now = time.time()
@@ -408,7 +412,7 @@ async def test_a_quiet_replica_gives_its_lease_back(redis_prefix: str) -> None:
 
 async def test_a_lease_follows_a_plan_change(redis_prefix: str) -> None:
     """One replica with leases decides exactly as the in-memory limiter, across a change of limits."""
-    limiter = RedisRateLimiter(REDIS_URL, prefix=redis_prefix)
+    limiter = RedisRateLimiter(REDIS_URL, prefix=redis_prefix, socket_timeout=PATIENT)
     memory = InMemoryRateLimiter()
     try:
         steps = [(Limits(rpm=1000), 5), (Limits(rpm=5), 6), (Limits(rpm=1000), 3)]
