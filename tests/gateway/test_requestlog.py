@@ -243,9 +243,10 @@ async def write_traffic(directory: Path) -> None:
     rlog = FileRequestLog(directory, replica="r1")
     for i in range(10):
         await rlog.record_start(start(f"req_{i}"))
-        rlog.record_end(end(f"req_{i}", prompt_tokens=10 + i, completion_tokens=i,
-                            **({"outcome": "error", "status": 502} if i < 2 else {}),
-                            **({"flags": ["pii"] if i % 2 else {"jailbreak": 0.9, "pii": 0.5}} if i >= 7 else {})))
+        extra: dict[str, Any] = {"outcome": "error", "status": 502} if i < 2 else {}
+        if i >= 7:
+            extra["flags"] = ["pii"] if i % 2 else {"jailbreak": 0.9, "pii": 0.5}
+        rlog.record_end(end(f"req_{i}", prompt_tokens=10 + i, completion_tokens=i, **extra))
     await rlog.record_start(start("req_deny_1", decision="deny", reason_code="scope_violation"))
     rlog.record_end(end("req_deny_1", status=403, outcome="denied", prompt_tokens=0, completion_tokens=0))
     # The gateway's refusal before forwarding: an end record only, in its own words.
