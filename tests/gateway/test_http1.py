@@ -428,16 +428,20 @@ async def test_a_server_that_never_answers_times_out(pool: Http1Pool) -> None:
         assert srv.accepted == 2
 
 
+def first_ten_bytes(kind: str) -> bytes:
+    """An answer's head and the first 10 bytes of a longer body (``content-length`` or ``chunked``)."""
+    if kind == "content-length":
+        return b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789"
+    return CHUNKED_HEAD + b"a\r\n0123456789\r\n"
+
+
 @pytest.mark.parametrize("consume", ["read", "chunks"])
 @pytest.mark.parametrize("kind", ["content-length", "chunked"])
 async def test_a_server_stalling_mid_body_times_out(pool: Http1Pool, consume: str, kind: str) -> None:
     async def handler(conn: Conn) -> None:
         if conn.index == 0:
             assert await conn.request() is not None
-            if kind == "content-length":
-                await conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789")
-            else:
-                await conn.send(CHUNKED_HEAD + b"a\r\n0123456789\r\n")
+            await conn.send(first_ten_bytes(kind))
             await conn.until_eof()
         else:
             await conn.echo()
@@ -483,10 +487,7 @@ async def test_the_server_closing_mid_body_is_a_protocol_error(pool: Http1Pool, 
     async def handler(conn: Conn) -> None:
         if conn.index == 0:
             assert await conn.request() is not None
-            if kind == "content-length":
-                await conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789")
-            else:
-                await conn.send(CHUNKED_HEAD + b"a\r\n0123456789\r\n")
+            await conn.send(first_ten_bytes(kind))
             await asyncio.sleep(0.05)
             return  # closes
         await conn.echo()

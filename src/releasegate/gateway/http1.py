@@ -99,12 +99,6 @@ class _Connection(asyncio.Protocol):
             else:
                 response.fail(ProtocolError("the model server closed the connection before the answer was complete"))
 
-    def pause_writing(self) -> None:  # a request body larger than the socket buffer: asyncio buffers it
-        pass
-
-    def resume_writing(self) -> None:
-        pass
-
     # -- exchange -----------------------------------------------------------------------------
 
     def send(self, head: bytes, body: bytes, read_timeout: float) -> Response:
@@ -112,9 +106,10 @@ class _Connection(asyncio.Protocol):
         self.response = response
         self.parser = httptools.HttpResponseParser(response)
         assert self.transport is not None
-        self.transport.write(head + body if len(body) < 65536 else head)
-        if len(body) >= 65536:
-            self.transport.write(body)
+        if len(body) < 65536:
+            self.transport.write(head + body)  # one send for the usual request
+        else:
+            self.transport.writelines((head, body))  # no copy of a large body
         return response
 
     def finished(self, response: Response) -> None:
