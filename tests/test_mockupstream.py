@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import itertools
 import json
 import os
 import re
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -418,12 +420,12 @@ def test_record_file_is_flushed_before_answer(tmp_path: Path) -> None:
 # -- runner and helper ------------------------------------------------------------------------
 
 
-def test_cli_runner(tmp_path: Path) -> None:
-    record = tmp_path / "seen.jsonl"
+@contextlib.contextmanager
+def _cli_mock(*args: str) -> Iterator[tuple[str, str]]:
+    """``python -m releasegate.mockupstream --port 0 ARGS``; yields (base URL, banner) once it answers."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "releasegate.mockupstream", "--port", "0", "--api-key", "sk-up",
-         "--record-file", str(record), "--name", "cli"],
+        [sys.executable, "-m", "releasegate.mockupstream", "--port", "0", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -443,7 +445,6 @@ def test_cli_runner(tmp_path: Path) -> None:
             if m:
                 url = m.group(1)
         text = "".join(banner)
-        assert "MOCK MODEL SERVER" in text and "NOT A REAL MODEL" in text, text
         assert url is not None, text
         for _ in range(100):
             try:
@@ -451,13 +452,7 @@ def test_cli_runner(tmp_path: Path) -> None:
                     break
             except httpx.TransportError:
                 time.sleep(0.05)
-        c = openai.OpenAI(base_url=url + "/v1", api_key="sk-up", max_retries=0)
-        r = c.chat.completions.create(
-            model=MODEL, messages=USER, extra_headers={"x-request-id": "cli-1"}
-        )
-        assert r.choices[0].message.content.startswith("[mock atlas-8b-v1]")
-        c.close()
-        assert json.loads(record.read_text().splitlines()[-1])["request_id"] == "cli-1"
+        yield url, text
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -467,6 +462,48 @@ def test_cli_runner(tmp_path: Path) -> None:
             proc.wait(5)
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+def test_cli_runner(tmp_path: Path) -> None:
+    record = tmp_path / "seen.jsonl"
+    with _cli_mock("--api-key", "sk-up", "--record-file", str(record), "--name", "cli") as (url, banner):
+        assert "MOCK MODEL SERVER" in banner and "NOT A REAL MODEL" in banner, banner
+        c = openai.OpenAI(base_url=url + "/v1", api_key="sk-up", max_retries=0)
+        r = c.chat.completions.create(
+            model=MODEL, messages=USER, extra_headers={"x-request-id": "cli-1"}
+        )
+        assert r.choices[0].message.content.startswith("[mock atlas-8b-v1]")
+        c.close()
+        assert json.loads(record.read_text().splitlines()[-1])["request_id"] == "cli-1"
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_cli_stream_pacing_on_either_event_loop(loop: str) -> None:
+    """Paced chunks leave when paced on both loops. On asyncio the listening socket must say it is
+    TCP, or asyncio skips TCP_NODELAY and Nagle holds the first content chunk of every request after
+    the first on a keep-alive connection until the client's delayed ACK (about 40 ms on Linux)."""
+    body = json.dumps({"model": MODEL, "stream": True, "messages": USER}).encode()
+    request = b"POST /v1/chat/completions HTTP/1.1\r\nHost: mock\r\nContent-Type: application/json\r\n"
+    request += b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    firsts = []
+    with _cli_mock("--loop", loop, "--chunk-delay", "0.005", "--chunks", "4") as (url, _):
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            for _ in range(5):
+                started = time.perf_counter()
+                sock.sendall(request)
+                seen, first = b"", None
+                while not seen.endswith(b"0\r\n\r\n"):
+                    data = sock.recv(65536)
+                    assert data, "the mock closed the connection"
+                    seen += data
+                    if first is None and re.search(rb'"content":"[^"]', seen):
+                        first = time.perf_counter() - started
+                assert first is not None
+                firsts.append(first)
+    later = sorted(firsts[1:])
+    assert later[len(later) // 2] < 0.025, f"first content after {[round(f * 1000, 1) for f in firsts]} ms on {loop}"
 
 
 def test_run_in_thread_several_servers_and_clean_shutdown() -> None:

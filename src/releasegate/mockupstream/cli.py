@@ -41,6 +41,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--record-file", default=None)
     p.add_argument("--max-recorded", type=int, default=10_000)
     p.add_argument("--log-level", default="warning")
+    p.add_argument(
+        "--loop",
+        choices=["auto", "asyncio", "uvloop"],
+        default="auto",
+        help="event loop: auto (uvloop when installed), asyncio or uvloop",
+    )
     args = p.parse_args(argv)
 
     app = create_mock_upstream(
@@ -54,7 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_recorded=args.max_recorded,
     )
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say they are TCP (uvloop on all).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((args.host, args.port))
     sock.listen(2048)
@@ -74,6 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = uvicorn.Config(
         app,
         lifespan="on",
+        loop=args.loop,
         log_level=args.log_level,
         access_log=False,
         ws="none",
