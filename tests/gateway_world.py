@@ -98,10 +98,12 @@ def log_records(service: GatewayService) -> list[dict[str, Any]]:
     """Every record the replica's durable log holds so far (start and end lines), oldest first."""
     import orjson
 
+    from releasegate.gateway.requestlog import written_part
+
     directory: Path = service.request_log.directory  # type: ignore[attr-defined]
     out: list[dict[str, Any]] = []
     for segment in sorted(directory.glob("*.jsonl")):
-        out.extend(orjson.loads(line) for line in segment.read_bytes().splitlines() if line.strip())
+        out.extend(orjson.loads(line) for line in written_part(segment.read_bytes()).splitlines() if line.strip())
     return out
 
 

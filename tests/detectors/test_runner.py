@@ -16,7 +16,7 @@ from releasegate.detectors.base import (
     Flag,
 )
 from releasegate.detectors.runner import DetectorRunner
-from releasegate.gateway.requestlog import FileRequestLog
+from releasegate.gateway.requestlog import FileRequestLog, written_part
 
 
 class Scripted(Detector):
@@ -58,7 +58,7 @@ def item(rid: str, text: str, output: str | None = None) -> DetectionInput:
 
 
 def records(directory: Path) -> list[dict[str, Any]]:
-    return [orjson.loads(line) for p in sorted(directory.glob("*.jsonl")) for line in p.read_bytes().splitlines()]
+    return [orjson.loads(line) for p in sorted(directory.glob("*.jsonl")) for line in written_part(p.read_bytes()).splitlines()]
 
 
 PLAN = {"acme/atlas-8b": ({"a": {"kind": "scripted"}, "b": {"kind": "scripted"},

@@ -10,13 +10,14 @@ from typing import Any
 
 import orjson
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from releasegate.gateway.requestlog import (
     FileRequestLog,
     RequestLogError,
     RequestLogShipper,
     open_segment,
+    written_part,
 )
 from releasegate.gateway.shipper import OFFSETS_FILE
 from releasegate.store.db import Database
@@ -29,7 +30,7 @@ def lines(directory: Path) -> list[dict[str, Any]]:
     """Every complete record in the log directory (a torn last line is not a record)."""
     out = []
     for path in sorted(directory.glob("*.jsonl")):
-        data = path.read_bytes()
+        data = written_part(path.read_bytes())
         out += [orjson.loads(line) for line in data[: data.rfind(b"\n") + 1].splitlines()]
     return out
 
@@ -221,6 +222,38 @@ async def test_segments_rotate_and_a_restart_never_appends_to_an_old_one(tmp_pat
         FileRequestLog(tmp_path, replica="bad/name")
 
 
+async def test_segments_are_preallocated_with_zeros_and_trimmed_when_sealed(tmp_path: Path) -> None:
+    rlog = FileRequestLog(tmp_path, replica="r1", preallocate_step=4096)
+    try:
+        await rlog.record_start(start("req_0"))
+        (segment,) = tmp_path.glob("*.jsonl")
+        data = segment.read_bytes()
+        # Zero-filled one step ahead, so that each record overwrites zeros (no size change to sync).
+        assert len(data) == 4096 and rlog.preallocations == 1
+        assert data.rstrip(b"\0") == written_part(data) and data.endswith(b"\0")
+        assert [r["id"] for r in lines(tmp_path)] == ["req_0"]
+        while rlog._segment_size < 4096:  # past the first step: zeroed one more step ahead
+            await rlog.record_start(start(f"req_{rlog.records_written}"))
+        assert segment.stat().st_size == 8192 and rlog.preallocations == 2
+        written = rlog.records_written
+        assert len(lines(tmp_path)) == written
+    finally:
+        await rlog.close()
+    data = segment.read_bytes()
+    assert b"\0" not in data and data.endswith(b"\n")  # sealed: only its records
+    assert len(data.splitlines()) == written
+
+
+async def test_page_cache_mode_appends_without_preallocating(tmp_path: Path) -> None:
+    rlog = FileRequestLog(tmp_path, replica="r1", sync=False)
+    try:
+        await rlog.record_start(start("req_0"))
+        (segment,) = tmp_path.glob("*.jsonl")
+        assert b"\0" not in segment.read_bytes() and rlog.preallocations == 0 and rlog.fsyncs == 0
+    finally:
+        await rlog.close()
+
+
 # ---------------------------------------------------------------------------------- shipper
 
 
@@ -326,6 +359,63 @@ async def test_end_shipping_after_its_start_completes_the_request(tmp_path: Path
     finally:
         await rlog.close()
         shipper.close()
+
+
+async def test_shipper_reads_a_crashed_preallocated_segment_up_to_its_zeros(tmp_path: Path, db: Database) -> None:
+    """What a crash can leave: records, a torn line, the preallocated zeros (never trimmed) and, after
+    a power loss, even a later page that reached the disk while the one before it did not. Nothing
+    after the first zero byte was ever synced: no request behind it was forwarded, so none is shipped."""
+    rlog = FileRequestLog(tmp_path, replica="r1", preallocate_step=65536)
+    for i in range(3):
+        await rlog.record_start(start(f"req_{i}"))
+    (segment,) = tmp_path.glob("*.jsonl")
+    unsynced = orjson.dumps({**start("req_unsynced"), "kind": "start", "replica": "r1", "seq": 9}) + b"\n"
+    with segment.open("r+b") as fh:
+        fh.seek(rlog._segment_size)
+        fh.write(b'{"id": "req_torn", "ki')  # a write cut short ...
+        fh.seek(rlog._segment_size + 8192)
+        fh.write(unsynced)  # ... and a page of a later write that reached the disk before it
+    fd, rlog._fd = rlog._fd, None  # the process died: nothing trims the segment
+    assert fd is not None
+    os.close(fd)
+    rlog._executor.shutdown(wait=True)
+    assert segment.stat().st_size == 65536
+    shipper = RequestLogShipper(tmp_path, db)
+    try:
+        assert await shipper.ship_once() == 3  # the newest segment of r1 looks live: kept
+        assert await shipper.ship_once() == 0
+        restarted = FileRequestLog(tmp_path, replica="r1")  # a new run seals the old segment
+        await restarted.record_start(start("req_next"))
+        await restarted.close()
+        assert await shipper.ship_once() == 1
+        assert not segment.exists() and event_count(db) == 4 and shipper.skipped_lines == 0
+    finally:
+        shipper.close()
+
+
+async def test_shipper_keeps_one_connection_between_batches(tmp_path: Path, db: Database) -> None:
+    """On SQLite (one connection per transaction otherwise) the shipper keeps its own open; a
+    connection that broke is replaced. PostgreSQL's pool already keeps connections."""
+    connects = []
+    event.listen(db.engine, "connect", lambda *_: connects.append(1))
+    rlog = FileRequestLog(tmp_path, replica="r1")
+    for i in range(7):
+        await rlog.record_start(start(f"req_{i}"))
+    await rlog.close()
+    shipper = RequestLogShipper(tmp_path, db, batch=2)
+    try:
+        assert await shipper.ship_once() == 7  # four batches
+        if db.is_sqlite:
+            assert len(connects) == 1
+            assert shipper._conn is not None
+            shipper._conn.invalidate()  # the connection broke (as a disk error would leave it)
+        restarted = FileRequestLog(tmp_path, replica="r1")
+        await restarted.record_start(start("req_next"))
+        await restarted.close()
+        assert await shipper.ship_once() == 1 and event_count(db) == 8
+    finally:
+        shipper.close()
+    assert shipper._conn is None
 
 
 async def test_shipped_sealed_segments_are_deleted_and_torn_tails_skipped(tmp_path: Path, db: Database) -> None:

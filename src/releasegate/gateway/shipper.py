@@ -33,6 +33,7 @@ import logging
 import operator
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -44,6 +45,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
+from releasegate.store.base import UTCDateTime
 from releasegate.store.db import Database
 from releasegate.store.requests import RequestBucket, RequestEvent
 
@@ -56,7 +58,7 @@ _BUCKET_KEY = ("bucket_start", "model", "version", "stage", "deployer_id", "use_
 _COUNTERS = ("requests", "allowed", "denied", "errors", "scope_violations", "prompt_tokens", "completion_tokens",
              "latency_ms_sum")
 
-__all__ = ["RequestLogShipper", "list_segments"]
+__all__ = ["RequestLogShipper", "list_segments", "written_part"]
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +77,13 @@ def fsync_directory(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def written_part(data: bytes) -> bytes:
+    """The records of a segment's bytes: up to its first NUL (a writer preallocates segments with
+    zeros; JSON escapes NUL, so no record holds one)."""
+    end = data.find(b"\0")
+    return data if end < 0 else data[:end]
 
 
 def list_segments(directory: Path) -> list[tuple[str, int, str]]:
@@ -206,6 +215,7 @@ class RequestLogShipper:
         self.batch = batch
         self.skipped_lines = 0  # unparsable complete lines (should stay 0)
         self._lock_fd: int | None = None
+        self._conn: Connection | None = None  # SQLite: kept open between batches (``_begin``)
         self._read_all = True  # read every request's row before applying a batch (``_store``)
 
     # ------------------------------------------------------------------ public
@@ -236,7 +246,11 @@ class RequestLogShipper:
             await asyncio.sleep(interval)
 
     def close(self) -> None:
-        """Release the directory lock."""
+        """Release the directory lock and the shipper's connection."""
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.close()
+            self._conn = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -284,6 +298,9 @@ class RequestLogShipper:
             chunk = READ_CHUNK
             while True:
                 data = fh.read(chunk)
+                zero = data.find(b"\0")
+                if zero >= 0:  # the preallocated, unwritten part: the segment ends here for now
+                    data, size = data[:zero], offset + zero
                 end = data.rfind(b"\n")
                 if end >= 0 or offset + len(data) >= size:
                     break
@@ -353,17 +370,36 @@ class RequestLogShipper:
         read_all = self._read_all
         self._read_all = True  # until a batch has gone through
         try:
-            with self.db.transaction() as session:
-                replayed = self._apply(session.connection(), records, read_all=read_all)
+            with self._begin() as conn:
+                replayed = self._apply(conn, records, read_all=read_all)
         except IntegrityError:
             if read_all:
                 raise
             # A replay (offsets lost in a crash), or another shipper wrote a row with that id first.
             log.info("request log shipper: a batch of %s had requests in the store already; applying it again",
                      self.directory)
-            with self.db.transaction() as session:
-                replayed = self._apply(session.connection(), records, read_all=True)
+            with self._begin() as conn:
+                replayed = self._apply(conn, records, read_all=True)
         self._read_all = replayed  # a replay goes on for a while: keep reading until it is over
+
+    @contextlib.contextmanager
+    def _begin(self) -> Iterator[Connection]:
+        """A transaction for one batch. On SQLite on the shipper's own connection, kept open: the
+        store's SQLite engine opens a connection per transaction (its PRAGMAs, and a WAL checkpoint
+        when the last one closes, cost ~2 ms a batch). A connection that failed is not reused."""
+        if not self.db.is_sqlite:
+            with self.db.transaction() as session:
+                yield session.connection()
+            return
+        if self._conn is None:
+            self._conn = self.db.engine.connect()
+        try:
+            with self.db.begin_on(self._conn) as conn:
+                yield conn
+        except Exception:
+            if self._conn.invalidated or self._conn.closed:
+                self._conn = None
+            raise
 
     def _apply(self, conn: Connection, records: list[dict[str, Any]], *, read_all: bool) -> bool:
         """Merge ``records`` into their requests' rows and add to the hourly buckets; return whether a
@@ -529,7 +565,12 @@ def _insert_events(conn: Connection, rows: list[dict[str, Any]]) -> None:
         return
     columns_values = list(zip(*map(_ROW_VALUES, rows), strict=True))  # column by column: C loops
     for i, name in enumerate(_COLUMNS):
-        proc = _EVENTS.c[name].type.dialect_impl(dialect).bind_processor(dialect)
+        kind = _EVENTS.c[name].type
+        if dialect.name == "sqlite" and isinstance(kind, UTCDateTime):  # the same text, without the layers
+            text = UTCDateTime.sqlite_text
+            columns_values[i] = tuple([None if v is None else text(v) for v in columns_values[i]])
+            continue
+        proc = kind.dialect_impl(dialect).bind_processor(dialect)
         if proc is not None:
             none = proc(None)  # most flags and some times are null: process that once
             columns_values[i] = tuple([none if v is None else proc(v) for v in columns_values[i]])

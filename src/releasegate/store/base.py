@@ -32,6 +32,14 @@ class UTCDateTime(TypeDecorator[datetime]):
         value = value.astimezone(UTC)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
+    @staticmethod
+    def sqlite_text(value: datetime) -> str:
+        """The text SQLite stores for ``value``: what ``process_bind_param`` and SQLAlchemy's SQLite
+        ``DATETIME`` make of it, in three C calls instead of their Python layers (bulk inserts)."""
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
@@ -75,6 +75,19 @@ class Database:
         try:
             with self._sessions.begin() as session:
                 yield session
+        finally:
+            if self._write_lock is not None:
+                self._write_lock.release()
+
+    @contextmanager
+    def begin_on(self, conn: Connection) -> Iterator[Connection]:
+        """One transaction on ``conn``, a connection its caller keeps open between transactions,
+        serialised with ``transaction``'s writers; committed on success, rolled back on any error."""
+        if self._write_lock is not None:
+            self._write_lock.acquire()
+        try:
+            with conn.begin():
+                yield conn
         finally:
             if self._write_lock is not None:
                 self._write_lock.release()
