@@ -167,6 +167,7 @@ def build_snapshot(
     grant_set = frozenset((g.deployer_id, g.model_name, g.use_case) for g in grants if g.revoked_at is None)
     for p in problems:
         log.warning("snapshot %d: %s", revision, p)
-    view = PolicyView(revision=revision, keys=key_entries, deployers=deployer_entries, models=models, grants=grant_set)
+    view = PolicyView(revision=revision, keys=key_entries, deployers=deployer_entries, models=models, grants=grant_set,
+                      keys_by_hash={entry.secret_hash: entry for entry in key_entries.values()})
     return Snapshot(view=view, backends=backends, compiled_at=SystemClock().now(), problems=tuple(problems),
                     plans=plan_by_model)
