@@ -12,7 +12,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway_world import MODEL, RM, World, chat
-from releasegate.gateway.metrics import CODES, GatewayMetrics, series_count
+from releasegate.gateway.metrics import CODES, GatewayMetrics, RequestLogCollector, series_count
+from releasegate.gateway.requestlog import FileRequestLog, RequestLogShipper
 from releasegate.gateway.service import GatewayService, count, note_flag
 from releasegate.mockupstream import MockUpstream
 from releasegate.server import create_server_app
@@ -72,6 +73,12 @@ def test_series_have_the_labels_of_real_requests(gateway: tuple[str, GatewayServ
     # Every code label comes from the closed set; no label carries what the client typed as the model.
     assert {ls["code"] for n, ls, _ in samples if n == "releasegate_requests_total"} <= CODES | {"none", "other"}
     assert {n for n, _, _ in scrape(url, "/gateway/metrics")} == {n for n, _, _ in samples}  # the old path still works
+    # The durable log: the served request's start record was synced before it was forwarded.
+    assert value(samples, "releasegate_request_log_records_total") >= 1
+    assert 1 <= value(samples, "releasegate_request_log_batches_total") <= value(samples, "releasegate_request_log_records_total")
+    assert value(samples, "releasegate_request_log_syncs_total") >= value(samples, "releasegate_request_log_batches_total")
+    assert value(samples, "releasegate_request_log_write_failures_total") == 0
+    assert value(samples, "releasegate_request_log_sync_seconds") > 0
 
 
 def test_deployers_beyond_the_cap_are_counted_as_other(world: World, upstream: MockUpstream,
@@ -162,7 +169,7 @@ def test_serve_exposes_both_planes_at_metrics(world: World, upstream: MockUpstre
         world.ctx.on_change.clear()
 
 
-def test_every_metric_is_documented(world: World) -> None:
+def test_every_metric_is_documented(world: World, tmp_path: Path) -> None:
     doc = (Path(__file__).resolve().parents[2] / "docs" / "metrics.md").read_text()
     incidents.report(world.ctx, RM, MODEL, "v2", severity="medium", title="metrics docs test")
     metrics = GatewayMetrics()
@@ -171,8 +178,9 @@ def test_every_metric_is_documented(world: World) -> None:
     metrics.observe({"outcome": "denied", "reason_code": "scope_violation", "scope_violation": True, "rule": "endpoint"})
     metrics.observe({"outcome": "denied", "reason_code": "rate_limited", "limit": "rpm"})
     metrics.note_flag("moderation", {})
+    metrics.register(RequestLogCollector(FileRequestLog(tmp_path, replica="r1"), RequestLogShipper(tmp_path, world.ctx.db)))
     names = {s.name.removesuffix("_bucket").removesuffix("_count").removesuffix("_sum")
              for f in metrics.registry.collect() for s in f.samples}
-    assert len(names) == 14, sorted(names)  # 9 of the gateway, 5 of the control plane
+    assert len(names) == 24, sorted(names)  # 9 of the gateway, 10 of its request log, 5 of the control plane
     missing = sorted(n for n in names if f"`{n}`" not in doc)
     assert not missing, f"undocumented metrics: {missing}"

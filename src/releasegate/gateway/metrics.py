@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
@@ -267,6 +267,52 @@ class _HotCollector:
 
     def collect(self) -> Iterator[Metric]:
         return self._metrics.collect_hot()
+
+
+#: The durable log's counters: (attribute of the log or shipper, metric name, help).
+REQUEST_LOG_COUNTERS: tuple[tuple[str, str, str], ...] = (
+    ("records_written", "releasegate_request_log_records", "Records (start, end, flags) made durable in the local log."),
+    ("batches", "releasegate_request_log_batches", "Group commits: writes of one or more records with one sync."),
+    ("fsyncs", "releasegate_request_log_syncs", "fdatasync calls on the log (preallocation included)."),
+    ("inline_writes", "releasegate_request_log_inline_writes", "Batches written on the event loop by an idle replica "
+     "(no thread hand-off)."),
+    ("preallocations", "releasegate_request_log_preallocations", "Zero-filled extensions of a log segment."),
+    ("write_failures", "releasegate_request_log_write_failures", "Batches that could not be made durable (their requests "
+     "were refused)."),
+    ("dropped_ends", "releasegate_request_log_dropped_records", "End or flags records lost (log closed, or too many to "
+     "retry after failures)."),
+)
+SHIPPER_COUNTERS: tuple[tuple[str, str, str], ...] = (
+    ("shipped_records", "releasegate_request_log_shipped_records", "Records loaded from the local log into the store."),
+    ("skipped_lines", "releasegate_request_log_skipped_lines", "Unparsable complete lines the shipper skipped."),
+)
+
+
+class RequestLogCollector:
+    """The durable request log's and its shipper's counters, read at scrape time (absent ones are
+    skipped: a test's in-memory log has none)."""
+
+    def __init__(self, request_log: object, shipper: object | None) -> None:
+        self._log = request_log
+        self._shipper = shipper
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        for source, counters in ((self._log, REQUEST_LOG_COUNTERS), (self._shipper, SHIPPER_COUNTERS)):
+            for attribute, name, doc in counters:
+                value = getattr(source, attribute, None)
+                if isinstance(value, int):
+                    family = CounterMetricFamily(name, doc)
+                    family.add_metric((), value)
+                    yield family
+        sync = getattr(self._log, "sync_seconds", None)
+        if isinstance(sync, float):
+            gauge = GaugeMetricFamily("releasegate_request_log_sync_seconds", "Recent write+sync time of a batch "
+                                      "(moving average over about five batches).")
+            gauge.add_metric((), sync)
+            yield gauge
 
 
 def series_count(registry: CollectorRegistry, names: Iterable[str] | None = None) -> int:

@@ -107,8 +107,9 @@ def open_segment(path: Path) -> int:
 class FileRequestLog:
     """``RequestLog`` on local disk with group commit (see the module docstring).
 
-    Counters for tests and metrics: ``fsyncs``, ``batches``, ``records_written``,
-    ``write_failures``, ``dropped_ends``.
+    Counters for tests and metrics (``/metrics``: ``releasegate_request_log_*``): ``fsyncs``,
+    ``batches``, ``records_written``, ``inline_writes``, ``preallocations``, ``write_failures``,
+    ``dropped_ends``; ``sync_seconds``.
     """
 
     def __init__(
@@ -163,6 +164,11 @@ class FileRequestLog:
         self.preallocations = 0
 
     # ------------------------------------------------------------------ callers
+
+    @property
+    def sync_seconds(self) -> float:
+        """Recent write+sync time of a batch (moving average)."""
+        return self._sync_avg
 
     def _encode(self, record: dict[str, Any], kind: str) -> bytes:
         rec = dict(record)

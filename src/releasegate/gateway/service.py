@@ -21,7 +21,7 @@ from typing import Any
 
 from releasegate.detectors.base import DetectorRegistry
 from releasegate.detectors.runner import DetectorRunner
-from releasegate.gateway.metrics import GatewayMetrics
+from releasegate.gateway.metrics import GatewayMetrics, RequestLogCollector
 from releasegate.gateway.routing import UpstreamHealth
 from releasegate.gateway.snapshot import Snapshot, compile_snapshot, read_revision
 from releasegate.gateway.types import ChangeNotifier, LimitDecision, RateLimiter, RequestLog
@@ -93,6 +93,7 @@ class GatewayService:
         self.metrics = GatewayMetrics(max_deployers=self.config.metrics_max_deployers)
         self.metrics.watch_snapshot(revision=lambda: self.snapshot.revision if self.snapshot is not None else -1,
                                     age=lambda: min(self.staleness(), 1e9))
+        self.metrics.register(RequestLogCollector(request_log, shipper))
 
     # -- lifecycle -----------------------------------------------------------------------------
 

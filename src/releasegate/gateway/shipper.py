@@ -214,6 +214,7 @@ class RequestLogShipper:
         self.db = db
         self.batch = batch
         self.skipped_lines = 0  # unparsable complete lines (should stay 0)
+        self.shipped_records = 0
         self._lock_fd: int | None = None
         self._conn: Connection | None = None  # SQLite: kept open between batches (``_begin``)
         self._read_all = True  # read every request's row before applying a batch (``_store``)
@@ -231,6 +232,7 @@ class RequestLogShipper:
         while True:
             shipped, full = self._ship_batch()
             total += shipped
+            self.shipped_records += shipped
             if not full:
                 return total
 
