@@ -38,6 +38,7 @@ from _harness import (
     KeepAliveClient,
     Servers,
     code_version,
+    cold_probe,
     descendants,
     fsync_probe,
     http_request,
@@ -321,6 +322,9 @@ def main(argv: list[str] | None = None) -> int:
                 contenders.append(shm)
             result["fsync_disk"] = fsync_probe(workdir)
             print(f"   fdatasync on the request log's disk: {result['fsync_disk']}", flush=True)
+            result["cold_probe"] = cold_probe(workdir)
+            print(f"   idle penalty (median µs, hot vs after {result['cold_probe']['gap_ms']:g} ms idle): "
+                  f"{result['cold_probe']}", flush=True)
             for c in contenders:
                 smoke(c)
                 print(f"   {c.name:<28} port {c.port:<6} {c.note}", flush=True)
@@ -479,6 +483,12 @@ def report(result: dict[str, Any], contenders: list[cs.Contender], direct: cs.Co
             print(f"    {r}")
     if "fsync_disk" in result:
         print(f"  fdatasync on the request log's disk (probe, 300-byte appends): {result['fsync_disk']}")
+    if "cold_probe" in result:
+        cp = result["cold_probe"]
+        print(f"  idle penalty of this machine (probe, medians): fdatasync {cp['fsync_hot_us']:g} us back to back, "
+              f"{cp['fsync_after_gap_us']:g} us after {cp['gap_ms']:g} ms idle; a 3-us piece of Python "
+              f"{cp['code_hot_us']:g} us hot, {cp['code_after_gap_us']:g} us after {cp['gap_ms']:g} ms idle "
+              "(the streaming TTFT measurement sends a request every ~25 ms)")
     print(f"  /authz/v1/check, 1 worker: {authz.rps:,.0f} req/s, p50 {authz.p50_ms:.2f} ms, p99 {authz.p99_ms:.2f} ms, "
           f"errors {authz.errors}")
     result.update({"table": [{k: v for k, v in r.items()} for r in rows], "streaming_ttft": stream,
