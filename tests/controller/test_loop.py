@@ -136,11 +136,26 @@ def test_flag_rate_pauses_once_per_window(ctx: ServiceContext, clock: FrozenCloc
     assert reconcile(ctx) == []  # 0.5%: under 2% even at the upper bound
     add_buckets(ctx, ATLAS, "v1", "trusted-partners", clock.now(), deployers=("dep_b",), requests=600, flagged={"moderation": 40})
     [paused] = reconcile(ctx)
-    assert paused.kind == "pause" and "43 of 1200 requests flagged" in paused.reason
+    assert paused.kind == "pause" and "43 of 1200 request(s) flagged by moderation" in paused.reason
     assert state(ctx, admin) == ("paused", "trusted-partners")
     assert reconcile(ctx) == []
     rollouts.transition(ctx, admin, ATLAS, "v1", "resume", reason="detector misfire, patched")
     assert reconcile(ctx) == []  # the person's resume stands for this window
+
+
+def test_flag_rate_of_a_sampled_detector_is_judged_on_what_it_inspected(ctx: ServiceContext, clock: FrozenClock,
+                                                                        admin: Actor, example_plan_text: str) -> None:
+    """moderation inspects one request in ten: 40 flags in 6,000 requests are ~7% of what it saw."""
+    sampled = example_plan_text.replace("moderation: {kind: patterns, sample: 1.0,", "moderation: {kind: patterns, sample: 0.1,")
+    assert sampled != example_plan_text
+    apply(ctx, admin, sampled)
+    rollouts.transition(ctx, admin, ATLAS, "v1", "promote", reason="internal")
+    rollouts.transition(ctx, admin, ATLAS, "v1", "promote", reason="partners", override_reason="test setup")
+    clock.advance(minutes=90)
+    add_buckets(ctx, ATLAS, "v1", "trusted-partners", clock.now(), requests=6000, flagged={"moderation": 40})
+    [paused] = reconcile(ctx)  # over all 6,000 requests it would be 0.67%, and no pause
+    assert paused.kind == "pause" and "40 of ~600 inspected request(s) (10% sample of 6000)" in paused.reason
+    assert state(ctx, admin) == ("paused", "trusted-partners")
 
 
 def test_scope_violations_suspend_the_deployer_once(ctx: ServiceContext, clock: FrozenClock, admin: Actor,

@@ -55,6 +55,17 @@ def test_flag_rate_uses_the_wilson_upper_bound_and_minimum_sample() -> None:
     assert judge_halt_rules(rs, facts()) == []  # no aggregates: nothing to act on
 
 
+def test_flag_rate_of_a_sampled_detector_counts_only_the_requests_it_inspected() -> None:
+    rs = rules({"flag_rate": {"detector": "moderation", "window": "1h", "max": 0.02, "min_requests": 500, "action": "pause"}})
+    hour = timedelta(hours=1)
+    w = WindowStats(since=NOW, requests=10_000, flagged={"moderation": 40})  # 0.4% of all requests
+    assert judge_halt_rules(rs, facts(windows={hour: w})) == []
+    [t] = judge_halt_rules(rs, facts(windows={hour: w}, detector_samples={"moderation": 0.1}))  # 40 of ~1,000: 4%
+    assert t.action == "pause" and "40 of ~1000 inspected request(s) (10% sample of 10000)" in t.reason
+    few = WindowStats(since=NOW, requests=4_000, flagged={"moderation": 40})  # ~400 inspected: under min_requests
+    assert judge_halt_rules(rs, facts(windows={hour: few}, detector_samples={"moderation": 0.1})) == []
+
+
 def test_error_rate_and_scope_violations() -> None:
     rs = rules({"error_rate": {"max": 0.1, "window": "15m", "min_requests": 10, "action": "rollback"}},
                {"scope_violations": {"per_deployer_rate": 0.05, "window": "24h", "min_requests": 20}})

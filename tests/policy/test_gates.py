@@ -57,6 +57,7 @@ def build_facts(raw: dict[str, Any]) -> GateFacts:
         approvals=tuple(ApprovalFact(ref=f"approval:{i}", email=a["email"], at=ago(a["at"]))
                         for i, a in enumerate(raw.get("approvals", []))),
         approvals_valid_since=ago(raw["approvals_valid_since"]) if "approvals_valid_since" in raw else None,
+        detector_samples=raw.get("detector_samples", {}),
     )
 
 
@@ -106,3 +107,23 @@ def test_wilson_bounds_contain_the_estimate(n: int, data: st.DataObject, confide
     k = data.draw(st.integers(0, n))
     lower, upper = wilson_interval(k, n, confidence)
     assert 0.0 <= lower <= k / n + 1e-12 <= upper + 2e-12 <= 1.0 + 2e-12
+
+
+def test_a_sampled_detectors_flag_rate_is_over_the_requests_it_inspected() -> None:
+    """A detector inspecting one request in ten flagged 40 of ~500: 8%, not 40 of 5,000 (0.8%)."""
+    stage = Stage.model_validate({"name": "s", "gate": [
+        {"flag_rate": {"detector": "moderation", "max": 0.02, "min_requests": 300, "confidence": 0.95}}]})
+    raw = {"stage_entered_at": "3d", "traffic": [{"since": "3d", "requests": 5000, "deployers": 3,
+                                                  "flagged": {"moderation": 40}}]}
+    unsampled = judge_gate(stage, build_facts(raw))
+    assert unsampled.results[0].outcome == "pass"  # 0.8% of every request
+    [result] = judge_gate(stage, build_facts({**raw, "detector_samples": {"moderation": 0.1}})).results
+    assert result.outcome == "fail", result.message
+    assert result.numbers["inspected"] == 500 and result.numbers["rate"] == pytest.approx(0.08)
+    assert "40 of ~500 inspected request(s) (10% sample of 5000)" in result.message
+    # Fewer inspected requests than the criterion needs: not judged yet, whatever all traffic says.
+    thin = {"stage_entered_at": "3d", "traffic": [{"since": "3d", "requests": 2000, "deployers": 3, "flagged": {}}]}
+    [result] = judge_gate(stage, build_facts({**thin, "detector_samples": {"moderation": 0.1}})).results
+    assert result.outcome == "inconclusive" and "only 200 of the 300" in result.message
+    [result] = judge_gate(stage, build_facts({**thin, "detector_samples": {"moderation": 0.0}})).results
+    assert result.outcome == "inconclusive" and "no requests inspected" in result.message

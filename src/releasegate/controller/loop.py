@@ -38,6 +38,7 @@ from releasegate.controller.rules import (
     rule_window,
     strongest,
 )
+from releasegate.detectors.settings import sample_rates
 from releasegate.errors import ReleasegateError
 from releasegate.plan.schema import ApprovalsCriterion, Plan, criterion_kind, criterion_spec
 from releasegate.policy.gates import IncidentFact
@@ -159,7 +160,7 @@ def halt_facts(session: Session, plan: Plan, r: Rollout, now: datetime) -> HaltF
             Incident.status.in_(("open", "triaged"))).order_by(Incident.created_at, Incident.id)))
     windows = {w for w in (rule_window(rule) for rule in stage.halt_on) if w is not None}
     return HaltFacts(model=r.model_name, version=r.version, stage=stage.name, now=now, incidents=incidents,
-                     windows=_windows(session, r, windows, now))
+                     windows=_windows(session, r, windows, now), detector_samples=sample_rates(plan.detectors))
 
 
 def already_acted(session: Session, target: str, cause: str, actor: str = CONTROLLER.name) -> bool:

@@ -30,7 +30,7 @@ from releasegate.plan.schema import (
     criterion_spec,
     format_duration,
 )
-from releasegate.policy.gates import IncidentFact, pct, wilson_interval
+from releasegate.policy.gates import IncidentFact, flag_share, inspected, pct, wilson_interval
 
 SEVERITY_RANK: Mapping[str, int] = {"low": 0, "medium": 1, "high": 2, "critical": 3}
 UNRESOLVED: frozenset[str] = frozenset({"open", "triaged"})
@@ -64,6 +64,8 @@ class HaltFacts:
     now: datetime
     incidents: tuple[IncidentFact, ...] = ()
     windows: Mapping[timedelta, WindowStats] = field(default_factory=dict)
+    # Each detector's share of requests it inspects (the plan's ``sample``; absent: 1.0).
+    detector_samples: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -106,16 +108,20 @@ def _incident(i: int, spec: IncidentRule, f: HaltFacts) -> list[Trigger]:
 
 def _flag_rate(i: int, spec: FlagRateRule, f: HaltFacts) -> list[Trigger]:
     w = f.windows.get(spec.window)
-    if w is None or w.requests < spec.min_requests:
+    if w is None:
         return []
     flagged = w.flagged.get(spec.detector, 0)
-    _, upper = wilson_interval(flagged, w.requests, spec.confidence)
+    sample = f.detector_samples.get(spec.detector, 1.0)
+    n = inspected(w.requests, flagged, sample)  # a sampled detector judged only its share
+    if n == 0 or n < spec.min_requests:
+        return []
+    _, upper = wilson_interval(flagged, n, spec.confidence)
     if upper <= spec.max:
         return []
     return [Trigger(
         "flag_rate", spec.action, f"halt_on[{i}]:flag_rate:{spec.detector}:{f.stage}:{window_slot(f.now, spec.window)}",
         f"halt_on[{i}] flag_rate ({spec.detector} over {format_duration(spec.window)}, max {pct(spec.max)} → {spec.action}): "
-        f"{flagged} of {w.requests} requests flagged ({pct(flagged / w.requests)}; {spec.confidence:.0%} upper bound {pct(upper)})",
+        f"{flag_share(spec.detector, flagged, w.requests, sample)} ({pct(flagged / n)}; {spec.confidence:.0%} upper bound {pct(upper)})",
     )]
 
 

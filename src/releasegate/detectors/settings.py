@@ -9,6 +9,7 @@ loads is a plan whose built-in detectors build.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -97,6 +98,16 @@ def common_settings(raw: Any) -> tuple[CommonSettings | None, list[tuple[str, st
         return CommonSettings.model_validate(raw), []
     except ValidationError as exc:
         return None, [(_where(e["loc"]), e["msg"]) for e in exc.errors()]
+
+
+def sample_rates(detectors: Mapping[str, Any]) -> dict[str, float]:
+    """Each detector's ``sample`` (1.0 where the settings cannot be read: the plan was validated
+    before it was applied, and an unsampled reading is the one that never scales a rate)."""
+    rates: dict[str, float] = {}
+    for name, raw in detectors.items():
+        common, _ = common_settings(raw)
+        rates[name] = common.sample if common is not None else 1.0
+    return rates
 
 
 def kind_settings(model: type[BaseModel], raw: dict[str, Any]) -> tuple[BaseModel | None, list[tuple[str, str]]]:

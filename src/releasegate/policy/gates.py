@@ -106,6 +106,8 @@ class GateFacts:
     traffic: tuple[TrafficFact, ...] = ()
     approvals: tuple[ApprovalFact, ...] = ()
     approvals_valid_since: datetime | None = None
+    # Each detector's share of requests it inspects (the plan's ``sample``; absent: 1.0).
+    detector_samples: Mapping[str, float] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------- statistics
@@ -241,21 +243,42 @@ def _traffic_criterion(spec: TrafficCriterion, facts: GateFacts) -> CriterionRes
                                     "min_requests": spec.min_requests, "min_deployers": spec.min_deployers})
 
 
+def inspected(requests: int, flagged: int, sample: float) -> int:
+    """How many of ``requests`` a detector inspecting a ``sample`` share of them judged (expected
+    count, and never fewer than it flagged): the denominator of its flag rate. Dividing by all
+    requests would understate a sampled detector's rate by its sample, and pass gates it fails."""
+    if sample >= 1.0:
+        return requests
+    return max(flagged, round(requests * max(sample, 0.0)))
+
+
+def flag_share(detector: str, flagged: int, requests: int, sample: float) -> str:
+    """``'12 of 480 request(s) flagged by d'``, naming the sample when the detector samples."""
+    n = inspected(requests, flagged, sample)
+    if sample >= 1.0:
+        return f"{flagged} of {n} request(s) flagged by {detector}"
+    return f"{flagged} of ~{n} inspected request(s) ({sample:.0%} sample of {requests}) flagged by {detector}"
+
+
 def _flag_rate(spec: FlagRateCriterion, facts: GateFacts) -> CriterionResult:
     since = traffic_since(facts.stage_entered_at, facts.now, spec.window)
     t = _traffic(facts, since) if since is not None else None
-    if t is None or t.requests == 0:
-        return CriterionResult("flag_rate", "inconclusive", f"no requests observed, so the {spec.detector} flag rate is unknown",
-                               numbers={"requests": 0, "min_requests": spec.min_requests})
-    flagged = t.flagged.get(spec.detector, 0)
-    rate = flagged / t.requests
-    _, upper = wilson_interval(flagged, t.requests, spec.confidence)
-    numbers: dict[str, object] = {"requests": t.requests, "flagged": flagged, "rate": rate, "upper_bound": upper,
-                                  "max": spec.max, "confidence": spec.confidence, "min_requests": spec.min_requests}
-    said = (f"{flagged} of {t.requests} request(s) flagged by {spec.detector} ({pct(rate)}; "
+    sample = facts.detector_samples.get(spec.detector, 1.0)
+    flagged = t.flagged.get(spec.detector, 0) if t is not None else 0
+    n = inspected(t.requests, flagged, sample) if t is not None else 0
+    if t is None or n == 0:
+        return CriterionResult("flag_rate", "inconclusive", f"no requests inspected, so the {spec.detector} flag rate is unknown",
+                               numbers={"requests": 0 if t is None else t.requests, "inspected": 0,
+                                        "min_requests": spec.min_requests})
+    rate = flagged / n
+    _, upper = wilson_interval(flagged, n, spec.confidence)
+    numbers: dict[str, object] = {"requests": t.requests, "inspected": n, "sample": sample, "flagged": flagged,
+                                  "rate": rate, "upper_bound": upper, "max": spec.max, "confidence": spec.confidence,
+                                  "min_requests": spec.min_requests}
+    said = (f"{flag_share(spec.detector, flagged, t.requests, sample)} ({pct(rate)}; "
             f"{spec.confidence:.0%} upper bound {pct(upper)}), below {pct(spec.max)} required")
-    if t.requests < spec.min_requests:
-        return CriterionResult("flag_rate", "inconclusive", f"{said}; only {t.requests} of the {spec.min_requests} requests needed to judge",
+    if n < spec.min_requests:
+        return CriterionResult("flag_rate", "inconclusive", f"{said}; only {n} of the {spec.min_requests} requests needed to judge",
                                t.refs, numbers)
     if rate > spec.max:
         return CriterionResult("flag_rate", "fail", said, t.refs, numbers)

@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import distinct, func, select
 from sqlalchemy.orm import Session
 
+from releasegate.detectors.settings import sample_rates
 from releasegate.errors import NotFound
 from releasegate.plan.schema import EvalCriterion, FlagRateCriterion, Plan, Stage, criterion_spec
 from releasegate.policy.gates import (
@@ -137,6 +138,7 @@ def gather_facts(session: Session, plan: Plan, rollout: Rollout, target_stage: i
         requested_by=frozenset(requesters), roles={k: tuple(v) for k, v in plan.roles.items()},
         evals=tuple(evals), findings=tuple(findings), incidents=tuple(incidents), traffic=tuple(traffic),
         approvals=tuple(approvals), approvals_valid_since=approvals_valid_since(session, rollout) if approvals else None,
+        detector_samples=sample_rates(plan.detectors),
     )
 
 
