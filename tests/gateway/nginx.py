@@ -27,12 +27,6 @@ def nginx_binary() -> str:
     return found
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def config(tmp: Path, http_body: str) -> str:
     """A complete nginx.conf that keeps every file inside ``tmp``."""
     return f"""

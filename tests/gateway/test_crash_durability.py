@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ import pytest
 from sqlalchemy import select
 
 from gateway_world import build_world, chat, plan_text
+from processes import free_port, wait_until_up
 from releasegate.gateway.requestlog import RequestLogShipper
 from releasegate.services.context import ServiceContext
 from releasegate.settings import Settings
@@ -34,26 +34,6 @@ from releasegate.store.requests import RequestEvent
 EXAMPLE = Path(__file__).resolve().parents[2] / "src" / "releasegate" / "examples" / "atlas" / "plan.yaml"
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_until_up(url: str, proc: subprocess.Popen[bytes], headers: dict[str, str] | None = None, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"{proc.args!r} exited with {proc.returncode}: {proc.stderr.read().decode() if proc.stderr else ''}")
-        try:
-            if httpx.get(url, headers=headers, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    raise AssertionError(f"{url} did not come up within {timeout}s")
 
 
 @pytest.fixture

@@ -9,8 +9,9 @@ from urllib.parse import urlsplit
 import openai
 import pytest
 
-from gateway.nginx import error_log, free_port, nginx_binary, run_nginx
+from gateway.nginx import error_log, nginx_binary, run_nginx
 from gateway_world import EXAMPLE, MODEL, World, build_world, chat, make_ctx, plan_text
+from processes import free_port
 from releasegate.gateway.service import GatewayService
 from releasegate.mockupstream import MockUpstream
 

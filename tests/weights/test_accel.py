@@ -15,6 +15,7 @@ import pytest
 from fastapi import FastAPI
 from huggingface_hub import hf_hub_download
 
+from processes import free_port
 from releasegate.api import errors
 from releasegate.services.context import Actor
 from releasegate.testing.server import run_in_thread
@@ -33,19 +34,13 @@ def database_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'releasegate.db'}"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def fronted(world: World, tmp_path: Path) -> Iterator[str]:
     app = FastAPI()
     app.state.ctx = world.ctx
     errors.install(app)
     app.include_router(create_hub_router(WeightsConfig(accel_redirect="/_rg/")))
-    port = _free_port()
+    port = free_port()
     data = world.ctx.settings.data_dir.resolve()
     with run_in_thread(app) as upstream:
         conf = tmp_path / "nginx.conf"

@@ -47,7 +47,14 @@ def _gateway(
         if not svc.settings.redis_url:
             output.console(stderr=True).print(
                 "[yellow]warning[/yellow]: without RELEASEGATE_REDIS_URL each worker keeps its own rate-limit counters")
-        os.environ[worker.ENV_LOG_DIR] = str(request_log_dir or svc.settings.ensure_data_dir() / "requestlog")
+        log_root = request_log_dir or svc.settings.ensure_data_dir() / "requestlog"
+        os.environ[worker.ENV_LOG_DIR] = str(log_root)
+        # Where the workers publish their metrics to each other: emptied first (an earlier run's are stale).
+        metrics_dir = log_root / ".metrics"
+        metrics_dir.mkdir(parents=True, exist_ok=True)
+        for old in metrics_dir.glob("*.prom"):
+            old.unlink(missing_ok=True)
+        os.environ[worker.ENV_METRICS_DIR] = str(metrics_dir)
         os.environ[worker.ENV_REPLICA] = replica or "gw"
         os.environ[worker.ENV_MAX_BODY] = str(max_body_bytes)
         os.environ[worker.ENV_SHIP] = "1" if ship else "0"

@@ -24,15 +24,20 @@ collector turns them into prometheus_client metric families at scrape time. (``C
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
+import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from releasegate.policy.access import REASONS
@@ -125,6 +130,7 @@ class GatewayMetrics:
 
     def __init__(self, *, max_deployers: int = 100) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self.shared: SharedExposition | None = None  # set for a worker of ``gateway --workers N``
         r = self.registry
         self.deployer = CappedLabel(max_deployers)
         self._rule = CappedLabel(MAX_RULES)
@@ -152,8 +158,14 @@ class GatewayMetrics:
         self.registry.register(collector)
 
     def render(self) -> bytes:
-        """The whole registry in Prometheus' text exposition format."""
-        return generate_latest(self.registry)
+        """The whole registry in Prometheus' text exposition format (with ``shared``: every worker's)."""
+        own = generate_latest(self.registry)
+        return own if self.shared is None else self.shared.render(own)
+
+    def publish(self) -> None:
+        """Publish this worker's exposition to the other workers (``shared`` only; from any thread)."""
+        if self.shared is not None:
+            self.shared.publish(generate_latest(self.registry))
 
     # -- the hot path ---------------------------------------------------------------------------
 
@@ -313,6 +325,79 @@ class RequestLogCollector:
                                       "(moving average over about five batches).")
             gauge.add_metric((), sync)
             yield gauge
+
+
+class SharedExposition:
+    """The metrics of the worker processes of one ``releasegate gateway --workers N``.
+
+    A scrape reaches one worker, chosen by the kernel; alone, its counters would jump between the
+    workers' values. So each worker publishes its own exposition to ``directory`` (``publish``,
+    every second, written to a temporary file and renamed into place), and any worker answers a
+    scrape with every worker's samples, each labelled ``replica="<worker's replica name>"``: its own
+    live, the others' as of their last publication (at most ``interval`` old). A worker that stops
+    withdraws its file; one that died stops counting after ``stale_after`` seconds. Sum over
+    ``replica`` for the whole server, e.g. ``sum without (replica) (rate(releasegate_requests_total[5m]))``.
+    """
+
+    SUFFIX = ".prom"
+
+    def __init__(self, directory: Path, replica: str, *, interval: float = 1.0, stale_after: float = 30.0) -> None:
+        self.directory = Path(directory)
+        self.replica = replica
+        self.interval = interval
+        self.stale_after = stale_after
+
+    @property
+    def path(self) -> Path:
+        return self.directory / f"{self.replica}{self.SUFFIX}"
+
+    def publish(self, text: bytes) -> None:
+        """Make ``text`` (this worker's exposition) what the other workers serve for it."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        tmp = self.directory / f".{self.replica}.{os.getpid()}.tmp"
+        tmp.write_bytes(text)
+        os.replace(tmp, self.path)
+
+    def withdraw(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    def render(self, own: bytes) -> bytes:
+        """Every live worker's samples in one exposition, ``own`` (this worker's, current) included."""
+        texts: dict[str, str] = {self.replica: own.decode()}
+        now = time.time()
+        with contextlib.suppress(FileNotFoundError):
+            for path in sorted(self.directory.glob(f"*{self.SUFFIX}")):
+                name = path.name[: -len(self.SUFFIX)]
+                if name == self.replica:
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    if now - path.stat().st_mtime <= self.stale_after:
+                        texts[name] = path.read_text()
+        families: dict[str, Metric] = {}
+        for replica, text in texts.items():
+            try:
+                parsed = list(text_string_to_metric_families(text))
+            except ValueError:  # a file cut short cannot happen (rename), a foreign one can: skip it
+                continue
+            for family in parsed:
+                merged = families.get(family.name)
+                if merged is None:
+                    merged = families[family.name] = Metric(family.name, family.documentation, family.type, family.unit)
+                for sample in family.samples:
+                    merged.add_sample(sample.name, {**sample.labels, "replica": replica}, sample.value,
+                                      sample.timestamp, sample.exemplar)
+        return generate_latest(_Families(list(families.values())))
+
+
+class _Families:
+    """A collector of fixed families (what ``generate_latest`` reads)."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self._families)
 
 
 def series_count(registry: CollectorRegistry, names: Iterable[str] | None = None) -> int:

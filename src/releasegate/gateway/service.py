@@ -112,6 +112,8 @@ class GatewayService:
             self._tasks.append(asyncio.create_task(self._listen(), name="releasegate-change-listener"))
         if self.shipper is not None:
             self._tasks.append(asyncio.create_task(self.shipper.run(), name="releasegate-request-shipper"))
+        if self.metrics.shared is not None:
+            self._tasks.append(asyncio.create_task(self._publish_metrics(), name="releasegate-metrics-publisher"))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -133,11 +135,25 @@ class GatewayService:
                 await self.shipper.ship_once()
             with contextlib.suppress(Exception):
                 self.shipper.close()
+        if self.metrics.shared is not None:
+            with contextlib.suppress(Exception):
+                self.metrics.shared.withdraw()
         for extra in self._closers:
             with contextlib.suppress(Exception):
                 result = extra()
                 if asyncio.iscoroutine(result):
                     await result
+
+    async def _publish_metrics(self) -> None:
+        """A worker of ``gateway --workers N``: publish this replica's metrics every second (``SharedExposition``)."""
+        shared = self.metrics.shared
+        assert shared is not None
+        while True:
+            try:
+                await asyncio.to_thread(self.metrics.publish)
+            except Exception as exc:  # a full disk must not stop the worker; its peers just see older numbers
+                log.warning("metrics: could not publish %s's metrics to %s: %s", shared.replica, shared.directory, exc)
+            await asyncio.sleep(shared.interval)
 
     # -- the snapshot --------------------------------------------------------------------------
 

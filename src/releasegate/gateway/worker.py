@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from releasegate.gateway.app import GatewayApp
+from releasegate.gateway.metrics import SharedExposition
 from releasegate.gateway.service import GatewayConfig, create_gateway_service
 from releasegate.logs import configure_logging
 from releasegate.settings import Settings
@@ -21,6 +22,7 @@ ENV_MAX_BODY = "RELEASEGATE_GATEWAY_MAX_BODY_BYTES"
 ENV_SHIP = "RELEASEGATE_GATEWAY_SHIP"
 ENV_LOG_LEVEL = "RELEASEGATE_GATEWAY_LOG_LEVEL"
 ENV_LOG_JSON = "RELEASEGATE_GATEWAY_LOG_JSON"
+ENV_METRICS_DIR = "RELEASEGATE_GATEWAY_METRICS_DIR"
 
 
 def create_worker_app() -> GatewayApp:
@@ -31,5 +33,8 @@ def create_worker_app() -> GatewayApp:
     replica = f"{os.environ.get(ENV_REPLICA, 'gw')}-w{os.getpid()}"
     base = Path(os.environ[ENV_LOG_DIR]) if ENV_LOG_DIR in os.environ else settings.ensure_data_dir() / "requestlog"
     config = GatewayConfig(max_body_bytes=int(os.environ.get(ENV_MAX_BODY, str(4 * 1024 * 1024))))
-    return GatewayApp(create_gateway_service(settings, request_log_dir=base / replica, replica=replica, config=config,
-                                             ship=os.environ.get(ENV_SHIP, "1") == "1"))
+    service = create_gateway_service(settings, request_log_dir=base / replica, replica=replica, config=config,
+                                     ship=os.environ.get(ENV_SHIP, "1") == "1")
+    if ENV_METRICS_DIR in os.environ:  # /metrics answers for every worker, not the one a scrape reached
+        service.metrics.shared = SharedExposition(Path(os.environ[ENV_METRICS_DIR]), replica)
+    return GatewayApp(service)
