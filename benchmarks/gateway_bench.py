@@ -55,6 +55,7 @@ from _harness import (
 )
 from _inprocess import decision_timings
 
+SETTLE_SECONDS = 2.0  # idle time before each wrk run of the throughput rounds
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -168,7 +169,10 @@ def throughput(contenders: list[cs.Contender], workdir: Path, *, rounds: int, du
                for i, c in enumerate(contenders)}
     out: dict[str, list[Any]] = {c.name: [] for c in contenders}
     for r in range(rounds):
-        for c in contenders:
+        # Each round starts one contender later, and each run waits SETTLE_SECONDS first (a server
+        # may keep a CPU busy after its load stops): no contender always runs right after the same one.
+        for c in contenders[r % len(contenders):] + contenders[: r % len(contenders)]:
+            time.sleep(SETTLE_SECONDS)
             res = run_wrk(c.url, scripts[c.name], duration=duration)
             out[c.name].append(res)
             print(f"   round {r + 1}: {c.name:<34} {res.rps:>9.0f} req/s  p50 {res.p50_ms:7.2f} ms  "
