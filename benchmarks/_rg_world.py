@@ -42,8 +42,9 @@ def bench_plan_text(v1_upstream: str, v2_upstream: str) -> str:
     """The example plan with v1 -> ``v1_upstream`` and v2 -> ``v2_upstream`` (base URLs ending in /v1)."""
     text = EXAMPLE_PLAN.read_text()
     text = text.replace('      upstreams: ["http://127.0.0.1:8001/v1"]\n', f'      upstreams: ["{v1_upstream}"]\n')
-    text = text.replace('{upstreams: ["http://127.0.0.1:8001/v1"], upstream_model: atlas-8b-v2}',
-                        f'{{upstreams: ["{v2_upstream}"], upstream_model: atlas-8b-v2}}')
+    text = text.replace('{upstreams: ["http://127.0.0.1:8001/v1"], upstream_model: atlas-8b-v2, '
+                        'upstream_key_env: ATLAS_UPSTREAM_KEY}',
+                        f'{{upstreams: ["{v2_upstream}"], upstream_model: atlas-8b-v2, upstream_key_env: ATLAS_UPSTREAM_KEY}}')
     text, n = re.subn(r"limits: \{rpm: 600, tpm: 2_000_000\}", f"limits: {BENCH_LIMITS}", text, count=1)
     if n != 1 or v1_upstream not in text or v2_upstream not in text:
         raise RuntimeError(f"the example plan at {EXAMPLE_PLAN} changed shape; update benchmarks/_rg_world.py")

@@ -42,8 +42,10 @@ def plan_text(example: str, upstream: str, *, timeout: str = "1.5s", extra_upstr
               limits: str | None = None) -> str:
     """The example plan served by ``upstream`` (base URL with /v1), with a short upstream timeout."""
     urls = ", ".join(f'"{u}"' for u in (*extra_upstreams, upstream))
-    text = example.replace('{upstreams: ["http://127.0.0.1:8001/v1"], upstream_model: atlas-8b-v2}',
-                           f"{{upstreams: [{urls}], upstream_model: atlas-8b-v2, timeout: {timeout}}}")
+    text = example.replace('{upstreams: ["http://127.0.0.1:8001/v1"], upstream_model: atlas-8b-v2, '
+                           'upstream_key_env: ATLAS_UPSTREAM_KEY}',
+                           f"{{upstreams: [{urls}], upstream_model: atlas-8b-v2, upstream_key_env: ATLAS_UPSTREAM_KEY, "
+                           f"timeout: {timeout}}}")
     text = text.replace('      upstreams: ["http://127.0.0.1:8001/v1"]\n',
                         f"      upstreams: [{urls}]\n      timeout: {timeout}\n")
     if limits is not None:

@@ -10,10 +10,12 @@ from pathlib import Path
 
 import httpx
 import openai
+import pytest
 
-from gateway_world import MODEL, RM, World
+from gateway_world import EXAMPLE, MODEL, RM, World, build_world, make_ctx, plan_text
 from gateway_world import chat as chat_body
-from releasegate.demo import gateway_lines
+from processes import free_port
+from releasegate.demo import DEMO_UPSTREAM_KEY_ENV, gateway_lines, start_mock_upstream
 from releasegate.mockupstream import MockUpstream
 from releasegate.server import create_server_app
 from releasegate.services import rollouts
@@ -58,3 +60,24 @@ def test_demo_lines_work_as_printed(world: World, upstream: MockUpstream, tmp_pa
             got = subprocess.run(curl, shell=True, capture_output=True, text=True, timeout=30)
             assert '"chat.completion"' in got.stdout, got.stdout + got.stderr
     world.ctx.on_change.clear()
+
+
+def test_every_version_of_the_example_plan_answers_through_the_demo_mock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The demo's mock refuses requests without the upstream key the example plan names: every version
+    must name it (v2 did not, so a demo deployer the weighted split sent to v2 got a 502)."""
+    monkeypatch.setenv(DEMO_UPSTREAM_KEY_ENV, "sk-demo-test")
+    port = free_port()
+    mock = start_mock_upstream(port)
+    assert mock is not None
+    ctx = make_ctx(f"sqlite:///{tmp_path / 'rg.db'}", tmp_path / "data")
+    try:
+        world = build_world(ctx, plan_text(EXAMPLE.read_text(), f"http://127.0.0.1:{port}/v1"))
+        app = create_server_app(world.ctx, request_log_dir=tmp_path / "log")
+        with run_in_thread(app) as url:
+            client = openai.OpenAI(base_url=url + "/v1", api_key=world.key("acme-internal/code-assistant"), max_retries=0)
+            for version in ("v1", "v2"):
+                answer = client.chat.completions.create(**chat_body(model=f"{MODEL}:{version}"))
+                assert answer.choices[0].message.content.startswith(f"[mock atlas-8b-{version}]")
+    finally:
+        mock.stop()
+        ctx.db.dispose()
