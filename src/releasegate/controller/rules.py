@@ -121,7 +121,7 @@ def _flag_rate(i: int, spec: FlagRateRule, f: HaltFacts) -> list[Trigger]:
     return [Trigger(
         "flag_rate", spec.action, f"halt_on[{i}]:flag_rate:{spec.detector}:{f.stage}:{window_slot(f.now, spec.window)}",
         f"halt_on[{i}] flag_rate ({spec.detector} over {format_duration(spec.window)}, max {pct(spec.max)} → {spec.action}): "
-        f"{flag_share(spec.detector, flagged, w.requests, sample)} ({pct(flagged / n)}; {spec.confidence:.0%} upper bound {pct(upper)})",
+        f"{flag_share(spec.detector, flagged, n, w.requests, sample)} ({pct(flagged / n)}; {spec.confidence:.0%} upper bound {pct(upper)})",
     )]
 
 

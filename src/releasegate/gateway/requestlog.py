@@ -373,9 +373,7 @@ class FileRequestLog:
             # never glue itself to the next record.
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, self._segment_size)
-            self._fd = None
-            with contextlib.suppress(OSError):
-                os.close(fd)
+            self._close_segment()
             raise
         self._segment_size += len(data)
         if self._segment_size >= self.segment_bytes:

@@ -252,9 +252,8 @@ def inspected(requests: int, flagged: int, sample: float) -> int:
     return max(flagged, round(requests * max(sample, 0.0)))
 
 
-def flag_share(detector: str, flagged: int, requests: int, sample: float) -> str:
-    """``'12 of 480 request(s) flagged by d'``, naming the sample when the detector samples."""
-    n = inspected(requests, flagged, sample)
+def flag_share(detector: str, flagged: int, n: int, requests: int, sample: float) -> str:
+    """``'12 of 480 request(s) flagged by d'`` (``n`` inspected of ``requests``), naming the sample when the detector samples."""
     if sample >= 1.0:
         return f"{flagged} of {n} request(s) flagged by {detector}"
     return f"{flagged} of ~{n} inspected request(s) ({sample:.0%} sample of {requests}) flagged by {detector}"
@@ -275,7 +274,7 @@ def _flag_rate(spec: FlagRateCriterion, facts: GateFacts) -> CriterionResult:
     numbers: dict[str, object] = {"requests": t.requests, "inspected": n, "sample": sample, "flagged": flagged,
                                   "rate": rate, "upper_bound": upper, "max": spec.max, "confidence": spec.confidence,
                                   "min_requests": spec.min_requests}
-    said = (f"{flag_share(spec.detector, flagged, t.requests, sample)} ({pct(rate)}; "
+    said = (f"{flag_share(spec.detector, flagged, n, t.requests, sample)} ({pct(rate)}; "
             f"{spec.confidence:.0%} upper bound {pct(upper)}), below {pct(spec.max)} required")
     if n < spec.min_requests:
         return CriterionResult("flag_rate", "inconclusive", f"{said}; only {n} of the {spec.min_requests} requests needed to judge",
