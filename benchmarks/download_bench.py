@@ -14,7 +14,8 @@ downloads to /dev/null:
 * plain: ``model.bin`` through resolve -> 302 -> signed URL;
 * fingerprinted, first download: ``model.safetensors`` for a licensee who never downloaded it
   (the copy is produced while it streams);
-* fingerprinted, repeat: the same licensee again (served from the fingerprint cache).
+* fingerprinted, repeat: the same licensee again (produced again from the source with the
+  cached plan; no per-licensee copy is kept without nginx in front).
 
 Prints MB/s (10^6 bytes per second) and ratios to nginx; writes JSON to
 ``benchmarks/results/download-<timestamp>.json``.
@@ -217,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
             source = hashlib.sha256((weights / "model.safetensors").read_bytes()).hexdigest()
             plain_sha = sha256_of_download(f"{base}/model.bin", tokens[-1])
             fp_sha = sha256_of_download(f"{base}/model.safetensors", tokens[-1])
-            fp_again = sha256_of_download(f"{base}/model.safetensors", tokens[-1])  # from the fingerprint cache
+            fp_again = sha256_of_download(f"{base}/model.safetensors", tokens[-1])  # the same licensee again: must equal the first
             result["checks"] = {"source_sha256": source, "plain_equals_source": plain_sha == source,
                                 "fingerprinted_differs": fp_sha != source, "repeat_equals_first": fp_again == fp_sha}
             if not all(v for k, v in result["checks"].items() if k != "source_sha256"):

@@ -172,13 +172,15 @@ def test_one_fingerprint_cache_and_one_plan_per_app(world: World, monkeypatch: p
             token, _ = granted(who, f"{who}@uni.edu")
             link = _signed(url, token)
             assert httpx.get(link, headers={"Range": "bytes=0-99"}).status_code == 206  # a range: produced on its own
-            assert httpx.get(link).status_code == 200  # a first download: produced and cached
-            assert httpx.get(link).status_code == 200  # a repeat: the cached copy
+            assert httpx.get(link).status_code == 200  # a first download: produced while it streams
+            assert httpx.get(link).status_code == 200  # a repeat: produced again, with the same plan
     assert len(made) == 1 and len(plans) == 1
 
 
-def test_concurrent_first_downloads_of_one_copy_agree(world: World, server: str,
-                                                      granted: Callable[[str, str], tuple[str, Actor]]) -> None:
+def test_concurrent_downloads_agree_and_leave_no_per_licensee_copy(
+        world: World, server: str, granted: Callable[[str, str], tuple[str, Actor]]) -> None:
+    """Without nginx in front every download is produced from the shared source: concurrent first
+    downloads and a repeat get the same marked bytes, and the disk holds no copy per licensee."""
     token, actor = granted("gu", "gu@uni.edu")
     link = _signed(server, token)
     bodies: list[bytes] = []
@@ -200,9 +202,18 @@ def test_concurrent_first_downloads_of_one_copy_agree(world: World, server: str,
     fp_secret = signing.fingerprint_secret(world.ctx.settings.server_secret())
     assert actor.principal_id is not None
     expected = _fingerprinted(src, actor.principal_id, fp_secret)
-    assert bodies[0] == expected
-    cache = FingerprintCache(world.ctx.settings.data_dir / "fingerprints")
-    cached = cache.get(file_sha256(src), actor.principal_id, fp_secret)
-    assert cached is not None and cached.read_bytes() == expected
-    assert not list((world.ctx.settings.data_dir / "fingerprints").rglob("*.part"))
-    assert httpx.get(link).content == expected  # and the repeat, from the copy
+    assert bodies[0] == expected and expected != src.read_bytes()
+    assert httpx.get(link).content == expected  # the repeat: the same copy, produced again
+    fingerprints = world.ctx.settings.data_dir / "fingerprints"
+    assert not fingerprints.exists() or not [p for p in fingerprints.rglob("*") if p.is_file()]
+
+
+def test_pieces_are_independent_buffers(big_file: Path) -> None:
+    """A consumer may keep every piece (asyncio transports buffer without copying): no piece may
+    change after it was handed on, and none can be written to."""
+    pieces = list(iter_fingerprinted(big_file, "hana", SECRET, params=SMALL, chunk_size=1024 * 1024 + 3))
+    assert len(pieces) > 20
+    assert b"".join(pieces) == _fingerprinted(big_file, "hana", SECRET, SMALL)
+    assert all(isinstance(p, memoryview) and p.readonly for p in pieces)
+    with pytest.raises(TypeError):
+        pieces[0][0] = 1

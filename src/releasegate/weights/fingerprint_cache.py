@@ -115,7 +115,7 @@ class FingerprintCache:
         start: int = 0,
         end: int | None = None,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
-    ) -> Iterator[bytes]:
+    ) -> Iterator[bytes | memoryview]:
         """Bytes ``[start, end)`` of the copy: from the cache if present, else produced.
 
         A whole-file request on a cache miss also writes the copy to the cache as it streams
@@ -140,20 +140,22 @@ class FingerprintCache:
         start: int = 0,
         end: int | None = None,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
-    ) -> tuple[Iterator[bytes], CacheCopy | None]:
+        cache_copy: bool = True,
+    ) -> tuple[Iterator[memoryview], CacheCopy | None]:
         """Produce bytes ``[start, end)`` of the copy (cache not consulted), with the plan reused.
 
-        For a whole-file range the pieces are also written to a temporary cache file as a side
-        effect, and the :class:`CacheCopy` is returned: the caller decides, once the response
-        has ended, whether the copy goes into the cache (``finish(True)``: every byte was
-        sent) or not (``finish(False)``). For a partial range the second item is None.
+        For a whole-file range (and ``cache_copy``) the pieces are also written to a temporary
+        cache file as a side effect, and the :class:`CacheCopy` is returned: the caller decides,
+        once the response has ended, whether the copy goes into the cache (``finish(True)``:
+        every byte was sent) or not (``finish(False)``). For a partial range, or without ``cache_copy``, the
+        second item is None.
         """
         plan = self.plan_for(src, source_sha256, secret)
         pieces = scheme.iter_fingerprinted(
             src, licensee_id, secret, start=start, end=end, chunk_size=chunk_size, plan=plan
         )
         size = plan.header.file_size
-        if start == 0 and (end is None or end == size):
+        if cache_copy and start == 0 and (end is None or end == size):
             copy = CacheCopy(self.path_for(source_sha256, licensee_id, secret), size, direct_io=self.direct_io)
             return copy.tee(pieces), copy
         return pieces, None
@@ -196,7 +198,7 @@ class _DirectWriter:
             except OSError:
                 self._stage = None
 
-    def write(self, piece: bytes) -> None:
+    def write(self, piece: bytes | memoryview) -> None:
         if self._stage is None:
             _write_fully(self.fd, memoryview(piece))
             return
@@ -267,7 +269,7 @@ class CacheCopy:
         self._fd: int | None = None
         self._tmp: Path | None = None
         self._finished = False
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=queued)
+        self._queue: queue.Queue[bytes | memoryview | None] = queue.Queue(maxsize=queued)
         self._writer: threading.Thread | None = None
         self._failed = False
         try:
@@ -277,7 +279,7 @@ class CacheCopy:
         except OSError as exc:
             log.warning("fingerprint cache: cannot create a copy next to %s: %s", target, exc)
 
-    def tee(self, pieces: Iterable[bytes]) -> Iterator[bytes]:
+    def tee(self, pieces: Iterable[memoryview]) -> Iterator[memoryview]:
         if self._fd is None:
             yield from pieces
             return
@@ -294,7 +296,7 @@ class CacheCopy:
         finally:
             self._stop_writer(send_end=not ended)
 
-    def _put(self, item: bytes | None) -> None:
+    def _put(self, item: memoryview | None) -> None:
         writer = self._writer
         while writer is not None:
             try:
@@ -358,7 +360,7 @@ class CacheCopy:
         return None
 
 
-def _committed_at_end(pieces: Iterator[bytes], copy: CacheCopy) -> Iterator[bytes]:
+def _committed_at_end(pieces: Iterator[memoryview], copy: CacheCopy) -> Iterator[memoryview]:
     """The pieces; the copy is kept if they all ran, dropped if the consumer stopped early."""
     complete = False
     try:

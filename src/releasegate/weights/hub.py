@@ -294,13 +294,17 @@ def create_hub_router(config: WeightsConfig | None = None) -> APIRouter:
         if ticket.fingerprinted:
             cache = fingerprints(ctx)
             fp_secret = keys(request)[1]
-            plain = cache.get(ticket.artifact.sha256, ticket.principal_id, fp_secret)
+            # Without nginx in front, every fingerprinted download is produced from the shared source
+            # while it streams (one worker thread ahead of the event loop): marking costs less than the
+            # copy a plain download makes anyway, and the source is in the page cache because everyone
+            # reads it, whereas a per-licensee copy would be read from disk (measured in docs/weights.md).
+            # Behind nginx a whole-file copy is cached, so repeats leave by X-Accel-Redirect and sendfile.
+            copies = config.accel_redirect is not None
+            plain = cache.get(ticket.artifact.sha256, ticket.principal_id, fp_secret) if copies else None
             if plain is None or plain.stat().st_size != size:
-                # Produced while it streams, in one worker thread ahead of the event loop; a whole-file
-                # request also writes the cache copy, kept only if the response ran to the end.
                 pieces, copy = cache.produce(source, ticket.principal_id, fp_secret,
                                              source_sha256=ticket.artifact.sha256, start=start, end=end,
-                                             chunk_size=FP_CHUNK)
+                                             chunk_size=FP_CHUNK, cache_copy=copies)
                 return CountedBody(status=status, headers=headers, start=start, end=end, on_done=on_done,
                                    pieces=pieces, finish=copy.finish if copy is not None else None)
         assert plain is not None
