@@ -68,29 +68,26 @@ class Database:
         return self.url.startswith("postgresql")
 
     @contextmanager
+    def _writer(self) -> Iterator[None]:
+        """Hold the in-process writer lock (SQLite only) for one transaction."""
+        if self._write_lock is None:
+            yield
+            return
+        with self._write_lock:
+            yield
+
+    @contextmanager
     def transaction(self) -> Iterator[Session]:
         """A session in one transaction: committed on success, rolled back on any error."""
-        if self._write_lock is not None:
-            self._write_lock.acquire()
-        try:
-            with self._sessions.begin() as session:
-                yield session
-        finally:
-            if self._write_lock is not None:
-                self._write_lock.release()
+        with self._writer(), self._sessions.begin() as session:
+            yield session
 
     @contextmanager
     def begin_on(self, conn: Connection) -> Iterator[Connection]:
         """One transaction on ``conn``, a connection its caller keeps open between transactions,
         serialised with ``transaction``'s writers; committed on success, rolled back on any error."""
-        if self._write_lock is not None:
-            self._write_lock.acquire()
-        try:
-            with conn.begin():
-                yield conn
-        finally:
-            if self._write_lock is not None:
-                self._write_lock.release()
+        with self._writer(), conn.begin():
+            yield conn
 
     @contextmanager
     def read(self) -> Iterator[Session]:
