@@ -43,17 +43,15 @@ def _gateway(
     svc = run(lambda: s.service_context())
     if workers > 1:
         from releasegate.gateway import worker
+        from releasegate.gateway.metrics import SharedExposition
 
         if not svc.settings.redis_url:
             output.console(stderr=True).print(
                 "[yellow]warning[/yellow]: without RELEASEGATE_REDIS_URL each worker keeps its own rate-limit counters")
         log_root = request_log_dir or svc.settings.ensure_data_dir() / "requestlog"
         os.environ[worker.ENV_LOG_DIR] = str(log_root)
-        # Where the workers publish their metrics to each other: emptied first (an earlier run's are stale).
-        metrics_dir = log_root / ".metrics"
-        metrics_dir.mkdir(parents=True, exist_ok=True)
-        for old in metrics_dir.glob("*.prom"):
-            old.unlink(missing_ok=True)
+        metrics_dir = log_root / ".metrics"  # where the workers publish their metrics to each other
+        SharedExposition.reset(metrics_dir)
         os.environ[worker.ENV_METRICS_DIR] = str(metrics_dir)
         os.environ[worker.ENV_REPLICA] = replica or "gw"
         os.environ[worker.ENV_MAX_BODY] = str(max_body_bytes)

@@ -351,6 +351,13 @@ class SharedExposition:
     def path(self) -> Path:
         return self.directory / f"{self.replica}{self.SUFFIX}"
 
+    @classmethod
+    def reset(cls, directory: Path) -> None:
+        """Create ``directory`` empty of expositions (before starting workers: an earlier run's are stale)."""
+        directory.mkdir(parents=True, exist_ok=True)
+        for old in directory.glob(f"*{cls.SUFFIX}"):
+            old.unlink(missing_ok=True)
+
     def publish(self, text: bytes) -> None:
         """Make ``text`` (this worker's exposition) what the other workers serve for it."""
         self.directory.mkdir(parents=True, exist_ok=True)
