@@ -283,9 +283,9 @@ def iter_fingerprinted(
 ) -> Iterator[memoryview]:
     """Yield bytes ``[start, end)`` of ``licensee_id``'s fingerprinted copy of ``path``.
 
-    Each piece is a read-only view of a buffer of its own (never reused), so a
-    consumer may keep it. Memory stays within a few ``chunk_size`` buffers. The output of any range equals the
-    same slice of the whole output, and the total size equals the source size.
+    Each piece is a read-only view of a buffer of its own (never reused), so a consumer may
+    keep it. Memory stays within a few ``chunk_size`` buffers. The output of any range equals
+    the same slice of the whole output, and the total size equals the source size.
     """
     if chunk_size < 1:
         raise InvalidInput(f"chunk_size must be positive, got {chunk_size}")

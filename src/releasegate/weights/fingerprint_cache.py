@@ -147,8 +147,8 @@ class FingerprintCache:
         For a whole-file range (and ``cache_copy``) the pieces are also written to a temporary
         cache file as a side effect, and the :class:`CacheCopy` is returned: the caller decides,
         once the response has ended, whether the copy goes into the cache (``finish(True)``:
-        every byte was sent) or not (``finish(False)``). For a partial range, or without ``cache_copy``, the
-        second item is None.
+        every byte was sent) or not (``finish(False)``). For a partial range, or without
+        ``cache_copy``, the second item is None.
         """
         plan = self.plan_for(src, source_sha256, secret)
         pieces = scheme.iter_fingerprinted(
