@@ -57,6 +57,7 @@ from _inprocess import decision_timings
 
 SETTLE_SECONDS = 2.0  # idle time before each wrk run of the throughput rounds
 
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="short run (~3 min): 1 wrk round of 5 s, 500 sequential "
